@@ -1,0 +1,1 @@
+//! Shared helpers for sansmq's end-to-end and simulation tests.
