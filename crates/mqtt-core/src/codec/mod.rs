@@ -21,6 +21,7 @@ mod error;
 mod packet;
 mod properties;
 mod types;
+mod wire;
 
 pub use bytestring::ByteString;
 pub use decode::{decode, parse_fixed_header, FixedHeader};

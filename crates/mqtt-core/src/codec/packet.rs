@@ -9,6 +9,10 @@ use super::properties::Properties;
 use super::types::{PacketId, PacketType, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 
 /// One MQTT control packet.
+// CONNECT (two property lists) is the largest variant. Boxing it would save
+// stack space only for the packets that carry no payload, and PUBLISH, the
+// hot one, is nearly as large and must not allocate; so the enum stays flat.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
     Connect(Connect),
