@@ -13,3 +13,4 @@
 //! There is no `unsafe` code here.
 
 pub mod codec;
+pub mod topic;
