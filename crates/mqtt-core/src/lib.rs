@@ -12,5 +12,6 @@
 //! `xtask/src/arch.rs`), and `clippy.toml` bans `Instant::now`.
 //! There is no `unsafe` code here.
 
+pub mod client;
 pub mod codec;
 pub mod topic;
