@@ -54,7 +54,7 @@ fn publish(qos: QoS, properties: Properties, payload_len: usize) -> Packet {
         qos,
         retain: false,
         topic: ByteString::from_static("sensors/building-1/floor-2/temperature"),
-        packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(42).unwrap()),
+        packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(42).expect("non-zero")),
         properties,
         payload: Bytes::from(vec![0x5A; payload_len]),
     })
@@ -65,18 +65,20 @@ fn publish(qos: QoS, properties: Properties, payload_len: usize) -> Packet {
 fn assert_decode_allocates_nothing(name: &str, packet: &Packet, version: ProtocolVersion) {
     let mut buf = BytesMut::new();
     for _ in 0..COPIES + 1 {
-        encode(packet, version, &mut buf).unwrap();
+        encode(packet, version, &mut buf).expect("encodable");
     }
     // The first split of a freshly allocated BytesMut turns its Vec into a
     // shared, reference-counted buffer: one allocation per receive buffer,
     // not per packet. Do it outside the counted loop.
-    let first = decode(&mut buf, version, MAX_PACKET_SIZE).unwrap().unwrap();
+    let first = decode(&mut buf, version, MAX_PACKET_SIZE)
+        .expect("valid")
+        .expect("complete");
     assert_eq!(&first, packet);
     drop(first);
 
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     let mut decoded = 0usize;
-    while let Some(p) = decode(&mut buf, version, MAX_PACKET_SIZE).unwrap() {
+    while let Some(p) = decode(&mut buf, version, MAX_PACKET_SIZE).expect("valid") {
         // Touch the packet so nothing is optimised away.
         if let Packet::Publish(p) = &p {
             decoded += p.payload.len().min(1) + p.topic.len().min(1);
@@ -99,7 +101,7 @@ fn decoding_publish_allocates_nothing() {
     // 3.1.1, QoS 0, a 64-byte packet.
     let small = publish(QoS::AtMostOnce, Properties::default(), 22);
     let mut probe = BytesMut::new();
-    encode(&small, ProtocolVersion::V3_1_1, &mut probe).unwrap();
+    encode(&small, ProtocolVersion::V3_1_1, &mut probe).expect("encodable");
     assert_eq!(probe.len(), 64);
     assert_decode_allocates_nothing("3.1.1 QoS 0", &small, ProtocolVersion::V3_1_1);
 

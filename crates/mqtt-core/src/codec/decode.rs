@@ -17,7 +17,7 @@ use super::properties::{Properties, PropertyContext, PropertyId};
 use super::types::{
     PacketType, ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
-use super::wire::{read_vbi, Reader};
+use super::wire::{read_vbi, to_topic_name, Reader};
 
 /// The fixed header of a packet (section 2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,19 +217,35 @@ fn decode_publish(flags: u8, body: Bytes, v5: bool) -> Result<Option<Packet>, De
         // Already rejected by parse_fixed_header; kept for totality.
         _ => return Err(DecodeError::InvalidQoS),
     };
-    let topic = r.topic_name("topic name")?;
+    // The topic is validated after the payload is split off: the payload
+    // handle's update then has time to reach memory before the packet is
+    // assembled (otherwise the reload stalls on store forwarding).
+    let raw_topic = r.binary("topic name")?;
     // The packet identifier is present only for QoS 1 and 2 (MQTT-2.2.1-2).
     let packet_id = if qos == QoS::AtMostOnce {
         None
     } else {
         Some(r.packet_id()?)
     };
-    // 3.x has no Topic Alias: the topic name is never empty (MQTT-4.7.3-1).
-    if !v5 && topic.is_empty() {
-        return Err(DecodeError::TopicNameEmpty);
+    if !v5 {
+        let payload = r.into_rest();
+        let topic = to_topic_name(raw_topic, "topic name")?;
+        // 3.x has no Topic Alias: the topic name is never empty (MQTT-4.7.3-1).
+        if topic.is_empty() {
+            return Err(DecodeError::TopicNameEmpty);
+        }
+        return Ok(Some(Packet::Publish(Publish {
+            dup: flags & 0b1000 != 0,
+            qos,
+            retain: flags & 0b0001 != 0,
+            topic,
+            packet_id,
+            properties: Properties::default(),
+            payload,
+        })));
     }
-    // Built in the return slot and completed through a reference.
-    let mut out = Ok(Some(Packet::Publish(Publish {
+    let topic = to_topic_name(raw_topic, "topic name")?;
+    let mut packet = Packet::Publish(Publish {
         dup: flags & 0b1000 != 0,
         qos,
         retain: flags & 0b0001 != 0,
@@ -237,18 +253,16 @@ fn decode_publish(flags: u8, body: Bytes, v5: bool) -> Result<Option<Packet>, De
         packet_id,
         properties: Properties::default(),
         payload: Bytes::new(),
-    })));
-    if let Ok(Some(Packet::Publish(publish))) = &mut out {
-        if v5 {
-            decode_properties_into(&mut r, PropertyContext::Publish, &mut publish.properties)?;
-            // An empty topic name needs a Topic Alias (5.0 section 3.3.2.1).
-            if publish.topic.is_empty() && publish.properties.topic_alias.is_none() {
-                return Err(DecodeError::TopicNameEmpty);
-            }
+    });
+    if let Packet::Publish(publish) = &mut packet {
+        decode_properties_into(&mut r, PropertyContext::Publish, &mut publish.properties)?;
+        // An empty topic name needs a Topic Alias (5.0 section 3.3.2.1).
+        if publish.topic.is_empty() && publish.properties.topic_alias.is_none() {
+            return Err(DecodeError::TopicNameEmpty);
         }
         publish.payload = r.into_rest();
     }
-    out
+    Ok(Some(packet))
 }
 
 fn decode_connect(r: &mut Reader) -> Result<Connect, DecodeError> {
@@ -686,9 +700,7 @@ fn decode_property(r: &mut Reader, id: PropertyId, p: &mut Properties) -> Result
         PropertyId::ServerKeepAlive => p.server_keep_alive = Some(r.u16(name)?),
         PropertyId::AuthenticationMethod => p.authentication_method = Some(r.string(name)?),
         PropertyId::AuthenticationData => p.authentication_data = Some(r.binary(name)?),
-        PropertyId::RequestProblemInformation => {
-            p.request_problem_information = Some(flag(r, id)?)
-        }
+        PropertyId::RequestProblemInformation => p.request_problem_information = Some(flag(r, id)?),
         PropertyId::WillDelayInterval => p.will_delay_interval = Some(r.u32(name)?),
         PropertyId::RequestResponseInformation => {
             p.request_response_information = Some(flag(r, id)?)
@@ -719,9 +731,7 @@ fn decode_property(r: &mut Reader, id: PropertyId, p: &mut Properties) -> Result
             let value = r.string(name)?;
             p.user_properties.push((key, value));
         }
-        PropertyId::MaximumPacketSize => {
-            p.maximum_packet_size = Some(non_zero(r.u32(name)?, id)?)
-        }
+        PropertyId::MaximumPacketSize => p.maximum_packet_size = Some(non_zero(r.u32(name)?, id)?),
         PropertyId::WildcardSubscriptionAvailable => {
             p.wildcard_subscription_available = Some(flag(r, id)?)
         }
@@ -764,7 +774,10 @@ mod tests {
         // 2 + 200 bytes announced, 3 present, maximum 100.
         assert_eq!(
             dec(&[0x30, 0xC8, 0x01], V4, 100),
-            Err(DecodeError::PacketTooLarge { size: 203, max: 100 })
+            Err(DecodeError::PacketTooLarge {
+                size: 203,
+                max: 100
+            })
         );
         // Exactly the maximum is fine.
         assert_eq!(dec(&[0xC0, 0x00], V4, 2), Ok(Some(Packet::PingReq)));
@@ -776,9 +789,18 @@ mod tests {
 
     #[test]
     fn fixed_header_rules() {
-        assert_eq!(dec(&[0x00], V4, 100), Err(DecodeError::ReservedPacketType(0)));
-        assert_eq!(dec(&[0xF0, 0x00], V4, 100), Err(DecodeError::ReservedPacketType(15)));
-        assert!(matches!(dec(&[0xF0, 0x00], V5, 100), Ok(Some(Packet::Auth(_)))));
+        assert_eq!(
+            dec(&[0x00], V4, 100),
+            Err(DecodeError::ReservedPacketType(0))
+        );
+        assert_eq!(
+            dec(&[0xF0, 0x00], V4, 100),
+            Err(DecodeError::ReservedPacketType(15))
+        );
+        assert!(matches!(
+            dec(&[0xF0, 0x00], V5, 100),
+            Ok(Some(Packet::Auth(_)))
+        ));
         // MQTT-2.1.3-1.
         assert_eq!(
             dec(&[0x60, 0x02, 0x00, 0x01], V4, 100),
@@ -818,7 +840,10 @@ mod tests {
         let bytes = [
             0x10, 0x0F, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 4, 0x02, 0, 10, 0, 1, b'c',
         ];
-        assert_eq!(dec(&bytes, V4, 100), Err(DecodeError::UnsupportedProtocolLevel(4)));
+        assert_eq!(
+            dec(&bytes, V4, 100),
+            Err(DecodeError::UnsupportedProtocolLevel(4))
+        );
     }
 
     #[test]
@@ -831,6 +856,10 @@ mod tests {
         assert_eq!(p.topic, "t");
         assert_eq!(&p.payload[..], b"xyz");
         assert_eq!(p.payload.as_ptr() as usize, start + 5, "zero-copy payload");
-        assert_eq!(p.topic.as_bytes().as_ptr() as usize, start + 4, "zero-copy topic");
+        assert_eq!(
+            p.topic.as_bytes().as_ptr() as usize,
+            start + 4,
+            "zero-copy topic"
+        );
     }
 }

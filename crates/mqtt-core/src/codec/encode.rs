@@ -639,7 +639,11 @@ mod tests {
             };
             // 0x92 is valid for PUBREL/PUBCOMP only; PUBACK/PUBREC get 0x10.
             let ack = PubResponse {
-                reason_code: if code.0 == 0x92 { ReasonCode(0x10) } else { code },
+                reason_code: if code.0 == 0x92 {
+                    ReasonCode(0x10)
+                } else {
+                    code
+                },
                 ..r.clone()
             };
             out.push(Packet::PubAck(ack.clone()));

@@ -32,10 +32,16 @@ pub enum DecodeError {
     DupWithQoS0,
     /// The packet ended before a field it announced.
     #[error("{packet_type} ended before its {field}")]
-    UnexpectedEnd { packet_type: PacketType, field: &'static str },
+    UnexpectedEnd {
+        packet_type: PacketType,
+        field: &'static str,
+    },
     /// Bytes left over inside the packet after its last field.
     #[error("{count} unexpected bytes at the end of {packet_type}")]
-    TrailingBytes { packet_type: PacketType, count: usize },
+    TrailingBytes {
+        packet_type: PacketType,
+        count: usize,
+    },
     /// A string that is not well-formed UTF-8, which includes UTF-16
     /// surrogates encoded as UTF-8 (MQTT-1.5.4-1).
     #[error("{field} is not valid UTF-8")]
@@ -96,7 +102,10 @@ pub enum DecodeError {
     UnknownProperty(u8),
     /// A property the packet may not carry (section 2.2.2.2).
     #[error("property {property:?} is not allowed in {context}")]
-    PropertyNotAllowed { property: PropertyId, context: &'static str },
+    PropertyNotAllowed {
+        property: PropertyId,
+        context: &'static str,
+    },
     /// A property that may appear once appears twice (e.g. section 3.1.2.11.2).
     #[error("property {0:?} appears more than once")]
     DuplicateProperty(PropertyId),

@@ -28,8 +28,8 @@ pub use decode::{decode, parse_fixed_header, FixedHeader};
 pub use encode::{encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, PubResponse, Publish, SubAck, Subscribe,
-    UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, PubResponse, Publish, SubAck, Subscribe, UnsubAck,
+    Unsubscribe, Will,
 };
 pub use properties::{Properties, PropertyContext, PropertyId, VARIABLE_BYTE_INTEGER_MAX};
 pub use types::{

@@ -155,12 +155,7 @@ impl PropertyId {
             P::ServerReference => matches!(ctx, C::ConnAck | C::Disconnect),
             P::ReasonString => matches!(
                 ctx,
-                C::ConnAck
-                    | C::PubResponse
-                    | C::SubAck
-                    | C::UnsubAck
-                    | C::Disconnect
-                    | C::Auth
+                C::ConnAck | C::PubResponse | C::SubAck | C::UnsubAck | C::Disconnect | C::Auth
             ),
             P::ReceiveMaximum | P::TopicAliasMaximum | P::MaximumPacketSize => {
                 matches!(ctx, C::Connect | C::ConnAck)

@@ -1,0 +1,220 @@
+//! A deadline queue: one deadline per key, earliest first.
+//!
+//! The broker keys it by (connection, session or global owner, [`TimerKind`]);
+//! the client and bridge state machines can key it by their own enums. Every
+//! operation is O(log n): a `BTreeSet<(Instant, K)>` orders the deadlines and
+//! a `HashMap<K, Instant>` finds a key's current deadline so that re-arming
+//! or cancelling never scans.
+//!
+//! There is no periodic tick anywhere: [`TimerQueue::next`] is what a state
+//! machine's `poll_timeout()` returns, and [`TimerQueue::pop_expired`] hands
+//! out exactly the timers whose deadline is `<= now`, so a spurious or early
+//! `handle_timeout(now)` call finds nothing and changes nothing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::time::Instant;
+
+/// What a broker timer is for. Each kind has its own deadline per owner, so
+/// re-arming one (a retry) never moves another (a keepalive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TimerKind {
+    /// A socket opened and has not sent CONNECT yet.
+    ConnectTimeout,
+    /// Last packet received + keep alive x multiplier.
+    KeepAlive,
+    /// 3.x resend of unacknowledged QoS 1/2 messages (`retry_interval`).
+    Retry,
+    /// Oldest inbound QoS 2 packet id still waiting for PUBREL.
+    AwaitRel,
+    /// A disconnected session's delayed will (5.0 Will Delay Interval).
+    WillDelay,
+    /// A disconnected session ends.
+    SessionExpiry,
+    /// The next queued or retained message to expire.
+    MessageExpiry,
+    /// Periodic `$SYS` statistics.
+    SysInterval,
+}
+
+impl TimerKind {
+    /// A short lower-case name for logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TimerKind::ConnectTimeout => "connect timeout",
+            TimerKind::KeepAlive => "keep alive",
+            TimerKind::Retry => "retry",
+            TimerKind::AwaitRel => "await PUBREL",
+            TimerKind::WillDelay => "will delay",
+            TimerKind::SessionExpiry => "session expiry",
+            TimerKind::MessageExpiry => "message expiry",
+            TimerKind::SysInterval => "$SYS interval",
+        }
+    }
+}
+
+impl core::fmt::Display for TimerKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One deadline per key, ordered by deadline then key (so ties are
+/// deterministic: the same inputs expire in the same order on every run).
+#[derive(Debug, Clone)]
+pub struct TimerQueue<K> {
+    by_deadline: BTreeSet<(Instant, K)>,
+    by_key: HashMap<K, Instant>,
+}
+
+impl<K> Default for TimerQueue<K> {
+    fn default() -> Self {
+        Self {
+            by_deadline: BTreeSet::new(),
+            by_key: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Hash + Clone> TimerQueue<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Arm `key` at `deadline`, replacing its previous deadline if any.
+    pub fn set(&mut self, key: K, deadline: Instant) {
+        if let Some(old) = self.by_key.insert(key.clone(), deadline) {
+            if old == deadline {
+                return;
+            }
+            self.by_deadline.remove(&(old, key.clone()));
+        }
+        self.by_deadline.insert((deadline, key));
+    }
+
+    /// Disarm `key`; returns the deadline it had.
+    pub fn cancel(&mut self, key: &K) -> Option<Instant> {
+        let old = self.by_key.remove(key)?;
+        self.by_deadline.remove(&(old, key.clone()));
+        Some(old)
+    }
+
+    /// The deadline of `key`, if armed.
+    pub fn get(&self, key: &K) -> Option<Instant> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The earliest deadline and its key.
+    pub fn next(&self) -> Option<(Instant, &K)> {
+        self.by_deadline.first().map(|(t, k)| (*t, k))
+    }
+
+    /// The earliest deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(t, _)| *t)
+    }
+
+    /// Remove and return the earliest timer whose deadline is `<= now`.
+    /// Call it in a loop: each expired timer comes out exactly once.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<(Instant, K)> {
+        let (deadline, _) = self.by_deadline.first()?;
+        if *deadline > now {
+            return None;
+        }
+        let (deadline, key) = self.by_deadline.pop_first()?;
+        self.by_key.remove(&key);
+        Some((deadline, key))
+    }
+
+    /// Every timer expired at `now`, earliest first (convenience for tests
+    /// and for state machines with few timers).
+    pub fn expired(&mut self, now: Instant) -> Vec<(Instant, K)> {
+        let mut out = Vec::new();
+        while let Some(t) = self.pop_expired(now) {
+            out.push(t);
+        }
+        out
+    }
+
+    /// Number of armed timers.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // tests play the runtime: one base instant
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn earliest_first_and_rearm_moves_only_that_key() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        q.set(
+            (1u64, TimerKind::KeepAlive),
+            t0 + Duration::from_millis(7500),
+        );
+        q.set((1u64, TimerKind::Retry), t0 + Duration::from_secs(1));
+        q.set((2u64, TimerKind::KeepAlive), t0 + Duration::from_secs(3));
+        assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        // Re-arming the retry timer does not touch the keepalive of the same owner.
+        q.set((1u64, TimerKind::Retry), t0 + Duration::from_secs(10));
+        assert_eq!(
+            q.get(&(1, TimerKind::KeepAlive)),
+            Some(t0 + Duration::from_millis(7500))
+        );
+        assert_eq!(q.len(), 3);
+        assert_eq!(
+            q.next(),
+            Some((t0 + Duration::from_secs(3), &(2, TimerKind::KeepAlive)))
+        );
+        assert_eq!(
+            q.cancel(&(2, TimerKind::KeepAlive)),
+            Some(t0 + Duration::from_secs(3))
+        );
+        assert_eq!(q.cancel(&(2, TimerKind::KeepAlive)), None);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn pop_expired_is_exact_and_spurious_calls_are_harmless() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        let d = t0 + Duration::from_millis(7500);
+        q.set(7u32, d);
+        // Early and repeated calls find nothing.
+        assert_eq!(q.pop_expired(t0), None);
+        assert_eq!(q.pop_expired(d - Duration::from_nanos(1)), None);
+        assert_eq!(q.pop_expired(d), Some((d, 7)));
+        assert_eq!(q.pop_expired(d), None);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn setting_the_same_deadline_twice_keeps_one_entry() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        q.set(1u8, t0);
+        q.set(1u8, t0);
+        assert_eq!(q.expired(t0), vec![(t0, 1)]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn many_keys_come_out_in_deadline_order() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::new();
+        for i in 0..1000u32 {
+            q.set(i, t0 + Duration::from_millis(u64::from((i * 7919) % 1000)));
+        }
+        let all = q.expired(t0 + Duration::from_secs(1));
+        assert_eq!(all.len(), 1000);
+        assert!(all.windows(2).all(|w| w[0].0 <= w[1].0));
+    }
+}
