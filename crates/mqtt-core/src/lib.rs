@@ -15,8 +15,10 @@
 // Nothing a peer sends may panic the core; tests may unwrap (clippy.toml).
 #![warn(clippy::unwrap_used)]
 
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod codec;
+pub mod node;
 pub mod timer;
 pub mod topic;
