@@ -1,0 +1,850 @@
+//! The server: listeners, the core task that owns the [`Node`] (the
+//! [`Broker`](mqtt_core::broker::Broker) and its bridges), bridge
+//! transports, and the executor threads.
+//!
+//! ## Bridges
+//! On a bridge's `Dial { transport: Tcp, .. }` the core task spawns a TCP
+//! transport task (`src/bridge.rs`); success, failure, bytes and the end
+//! of the socket go back to the core as inputs, tagged with the link's
+//! generation so inputs from a closed link are ignored. `CloseTransport`
+//! flushes what was queued, then closes (or cancels a dial in progress).
+//! TLS and QUIC bridge transports do not exist in this runtime yet: their
+//! dials are reported to the core as failed transports at once, so a hybrid
+//! transport list falls back to the next one. A bridge's `Fatal` event
+//! (fail_fast, max attempts) ends [`Server::run`] with
+//! [`Error::BridgeFatal`].
+//!
+//! ## Backpressure and write queues
+//! Each connection has a write queue (core task -> its write half). The core
+//! task counts the bytes it queued and the write half reports the bytes it
+//! wrote (`Input::Written` -> `Broker::handle_written`), so the core sees
+//! exactly the bytes not yet on the socket and applies its own policy (above
+//! `max_pending_bytes_per_connection` it drops QoS 0 to that connection,
+//! counted in its metrics, and holds QoS 1/2 in the session queue). A write
+//! queue therefore stays near that bound by the core's contract. The runtime
+//! still enforces a hard bound of `2 x max_pending_bytes_per_connection +
+//! max_packet_size + 64 KiB`: if a queue would pass it (a core bug or a
+//! contract change), the connection is treated as a failed transport — its
+//! socket is dropped without flushing, the core is told
+//! (`handle_connection_closed`, so the will is published), and an error is
+//! logged with the byte count. Memory per connection stays bounded either way.
+//!
+//! Reads are backpressured too: the input channel to the core task is
+//! bounded, so when the core task falls behind, connection tasks stop
+//! reading their sockets and TCP flow control slows the publishers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+use async_executor::Executor;
+use async_executor::Task;
+use async_io::{Async, Timer};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_lite::FutureExt;
+use mqtt_core::bridge::{
+    BridgeConfig, BridgeConfigError, BridgeEvent, BridgeState, Transport as BridgeTransport,
+    TransportFailure,
+};
+use mqtt_core::broker::{
+    BrokerConfig, ConnectionId, ConnectionInfo, DisconnectReason, Event, Metrics, Transmit,
+};
+use mqtt_core::codec::Packet;
+use mqtt_core::node::{BridgeId, Node, NodeEvent, NodeTransmit};
+use tracing::{debug, error, info, warn, Level};
+
+use crate::bridge::{tcp_transport, Link};
+use crate::config::{Config, RuntimeConfig};
+use crate::conn::{accept_loop, ConnSettings};
+
+/// `tracing` levels are static per call site; pick one at run time.
+macro_rules! log_at {
+    ($level:expr, $($arg:tt)+) => {
+        match $level {
+            Level::ERROR => tracing::error!($($arg)+),
+            Level::WARN => tracing::warn!($($arg)+),
+            Level::INFO => tracing::info!($($arg)+),
+            Level::DEBUG => tracing::debug!($($arg)+),
+            _ => tracing::trace!($($arg)+),
+        }
+    };
+}
+
+/// Inputs to the core task, in arrival order per connection.
+pub(crate) enum Input {
+    /// A socket was accepted; `tx` is its write queue.
+    Opened {
+        conn: ConnectionId,
+        info: ConnectionInfo,
+        tx: Sender<Outbound>,
+    },
+    /// A packet decoded on the connection task.
+    Packet {
+        conn: ConnectionId,
+        packet: Box<Packet>,
+    },
+    /// Bytes that failed to decode, from the start of the failing packet:
+    /// the core decodes them itself (`handle_read`) and judges the error.
+    Malformed { conn: ConnectionId, bytes: BytesMut },
+    /// The write half put `n` more bytes on the socket.
+    Written { conn: ConnectionId, n: usize },
+    /// The socket ended (EOF, reset, I/O error).
+    Closed {
+        conn: ConnectionId,
+        error: Option<io::Error>,
+    },
+    /// A bridge transport is open.
+    BridgeUp { link: Link },
+    /// A bridge dial failed.
+    BridgeFailed {
+        link: Link,
+        failure: TransportFailure,
+    },
+    /// Bytes from a bridge transport.
+    BridgeRead { link: Link, bytes: BytesMut },
+    /// A bridge transport ended (EOF, reset, I/O error).
+    BridgeDown { link: Link },
+    /// SIGINT/SIGTERM or the embedder's shutdown future.
+    Shutdown,
+}
+
+/// What the core task sends a connection's write half.
+pub(crate) enum Outbound {
+    Data(Bytes),
+    /// Flush what came before, then close the socket.
+    Close,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("cannot listen on {addr} (listener {name:?}): {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("cannot start a worker thread: {0}")]
+    Thread(io::Error),
+    #[error("invalid bridge configuration: {0}")]
+    BridgeConfig(#[from] BridgeConfigError),
+    /// A bridge gave up (`fail_fast`, or `max_attempts` reached).
+    #[error("bridge {bridge:?} failed: {reason}")]
+    BridgeFatal { bridge: String, reason: String },
+}
+
+/// Inputs the core task takes from its channel before draining outputs.
+/// Bounds the latency one busy period adds to timers and writes.
+const INPUT_BATCH: usize = 256;
+/// Capacity of the channel into the core task (read backpressure).
+const INPUT_CAPACITY: usize = 1024;
+/// How long a closing socket waits for the peer's FIN after ours.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+pub(crate) struct Listener {
+    pub(crate) name: String,
+    pub(crate) socket: Async<TcpListener>,
+}
+
+/// Bound listeners plus what the core and runtime need to run.
+pub struct Server {
+    listeners: Vec<Listener>,
+    broker_config: BrokerConfig,
+    bridges: Vec<BridgeConfig>,
+    runtime: RuntimeConfig,
+}
+
+impl Server {
+    /// Bind every listener now, so a taken port fails before anything runs.
+    pub fn bind(config: &Config) -> Result<Self, Error> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let addr = l.addr();
+            let bind_err = |source| Error::Bind {
+                name: l.name.clone(),
+                addr,
+                source,
+            };
+            let std_listener = TcpListener::bind(addr).map_err(bind_err)?;
+            let socket = Async::new(std_listener).map_err(bind_err)?;
+            listeners.push(Listener {
+                name: l.name.clone(),
+                socket,
+            });
+        }
+        Ok(Self {
+            listeners,
+            broker_config: config.broker.to_broker_config(),
+            bridges: config
+                .bridges
+                .iter()
+                .map(|b| b.to_bridge_config())
+                .collect(),
+            runtime: config.runtime.clone(),
+        })
+    }
+
+    /// The bound addresses by listener name (port 0 resolved).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| {
+                let addr = l.socket.get_ref().local_addr().ok()?;
+                Some((l.name.clone(), addr))
+            })
+            .collect()
+    }
+
+    /// Run on `runtime.worker_threads` threads (this one included) until
+    /// `shutdown` completes, then shut down gracefully: the core closes
+    /// every connection (5.0 clients get DISCONNECT 0x8B), sockets are
+    /// flushed for up to `runtime.shutdown_timeout`. Returns the core's
+    /// final metrics, or [`Error::BridgeFatal`] when a bridge gave up (the
+    /// broker is shut down the same way first).
+    pub fn run<F>(self, shutdown: F) -> Result<Metrics, Error>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let threads = match self.runtime.worker_threads {
+            0 => thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let ex = Arc::new(Executor::new());
+        // Closing this channel (dropping its sender) stops the worker threads.
+        let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+        let mut workers = Vec::new();
+        for i in 1..threads {
+            let ex = ex.clone();
+            let stop = stop_rx.clone();
+            let handle = thread::Builder::new()
+                .name(format!("sansmq-worker-{i}"))
+                .spawn(move || {
+                    async_io::block_on(ex.run(async {
+                        let _ = stop.recv().await;
+                    }))
+                })
+                .map_err(Error::Thread)?;
+            workers.push(handle);
+        }
+        let result = async_io::block_on(ex.run(self.serve(ex.clone(), shutdown)));
+        drop(stop_tx);
+        for w in workers {
+            let _ = w.join();
+        }
+        result
+    }
+
+    /// Serve on an executor the caller runs (for embedding). The core task
+    /// is this future itself; accept loops and connections are spawned on `ex`.
+    pub async fn serve<F>(self, ex: Arc<Executor<'static>>, shutdown: F) -> Result<Metrics, Error>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        for b in &self.bridges {
+            let addresses = b.addresses.join(", ");
+            info!(bridge = %b.name, %addresses, transports = ?b.transports, "bridge configured");
+            for t in &b.transports {
+                if *t != BridgeTransport::Tcp {
+                    warn!(
+                        bridge = %b.name,
+                        transport = %t,
+                        "this runtime has no {t} bridge transport yet: every {t} dial fails \
+                         at once (a hybrid transport list falls back to the next transport)"
+                    );
+                }
+            }
+        }
+        let node = Node::new(self.broker_config, self.bridges, Instant::now())?;
+        // Read the normalized limits back from the core, never re-derive them.
+        let limits = node.broker().config();
+        let settings = ConnSettings {
+            max_packet_size: limits.max_packet_size,
+            linger: CLOSE_LINGER,
+        };
+        let queue_limit = limits
+            .max_pending_bytes_per_connection
+            .saturating_mul(2)
+            .saturating_add(limits.max_packet_size as usize)
+            .saturating_add(64 * 1024);
+
+        let (in_tx, in_rx) = async_channel::bounded(INPUT_CAPACITY);
+        // Never sent on: it closes when the last connection task drops its clone.
+        let (alive_tx, alive_rx) = async_channel::bounded::<()>(1);
+        let next_id = Arc::new(AtomicU64::new(1));
+
+        let mut tasks = Vec::new();
+        for l in self.listeners {
+            if let Ok(addr) = l.socket.get_ref().local_addr() {
+                info!(listener = %l.name, %addr, "listening");
+            }
+            tasks.push(ex.spawn(accept_loop(
+                l,
+                ex.clone(),
+                in_tx.clone(),
+                alive_tx.clone(),
+                next_id.clone(),
+                settings,
+            )));
+        }
+        let trigger = {
+            let tx = in_tx.clone();
+            ex.spawn(async move {
+                shutdown.await;
+                let _ = tx.send(Input::Shutdown).await;
+            })
+        };
+        drop(alive_tx);
+
+        let (metrics, fatal) = CoreTask::new(node, queue_limit, ex.clone(), in_tx)
+            .run(in_rx)
+            .await;
+
+        // Stop accepting (the accept loops hold `alive` clones), then give
+        // the connection tasks time to flush their last bytes and close.
+        for t in tasks {
+            t.cancel().await;
+        }
+        trigger.cancel().await;
+        let timeout = self.runtime.shutdown_timeout;
+        let flushed = async {
+            let _ = alive_rx.recv().await;
+            true
+        }
+        .or(async {
+            Timer::after(timeout).await;
+            false
+        })
+        .await;
+        if !flushed {
+            warn!(
+                ?timeout,
+                "some connections had not flushed by the shutdown timeout; closing them"
+            );
+        }
+        match fatal {
+            Some((bridge, reason)) => Err(Error::BridgeFatal { bridge, reason }),
+            None => Ok(metrics),
+        }
+    }
+}
+
+/// The runtime's handle on one connection: its write queue and what the
+/// logs need. No protocol state.
+struct ConnHandle {
+    tx: Sender<Outbound>,
+    /// Bytes queued and not yet reported written.
+    queued: usize,
+    peer: Option<SocketAddr>,
+    /// Set by `ClientConnected`, for log lines only.
+    client_id: Option<ByteString>,
+}
+
+/// The runtime's handle on one bridge transport (dialing or open).
+struct BridgeLink {
+    generation: u64,
+    tx: Sender<Outbound>,
+    /// The transport task; dropping it cancels a dial in progress.
+    task: Option<Task<()>>,
+    up: bool,
+    /// For log lines only.
+    address: String,
+}
+
+/// The runtime's side of one bridge: its current link, for routing only.
+struct BridgeSlot {
+    name: String,
+    next_generation: u64,
+    link: Option<BridgeLink>,
+}
+
+struct CoreTask {
+    node: Node,
+    conns: HashMap<ConnectionId, ConnHandle>,
+    /// Connections to forget once the current drain has logged their events.
+    dead: Vec<ConnectionId>,
+    queue_limit: usize,
+    bridges: Vec<BridgeSlot>,
+    ex: Arc<Executor<'static>>,
+    to_core: Sender<Input>,
+    /// The first bridge that gave up: (name, reason).
+    fatal: Option<(String, String)>,
+}
+
+enum Wake {
+    Input(Input),
+    Timeout,
+    ChannelClosed,
+}
+
+impl CoreTask {
+    fn new(
+        node: Node,
+        queue_limit: usize,
+        ex: Arc<Executor<'static>>,
+        to_core: Sender<Input>,
+    ) -> Self {
+        let bridges = (0..node.bridge_count())
+            .map(|i| BridgeSlot {
+                name: node
+                    .bridge(BridgeId(i))
+                    .map_or_else(|| format!("#{i}"), |b| b.name().to_owned()),
+                next_generation: 0,
+                link: None,
+            })
+            .collect();
+        Self {
+            node,
+            conns: HashMap::new(),
+            dead: Vec::new(),
+            queue_limit,
+            bridges,
+            ex,
+            to_core,
+            fatal: None,
+        }
+    }
+
+    async fn run(mut self, rx: Receiver<Input>) -> (Metrics, Option<(String, String)>) {
+        loop {
+            self.drain(Instant::now());
+            if self.fatal.is_some() {
+                return self.shutdown();
+            }
+            let wake = match rx.try_recv() {
+                Ok(input) => Wake::Input(input),
+                Err(TryRecvError::Closed) => Wake::ChannelClosed,
+                // Nothing waiting: sleep until an input or the core's deadline.
+                Err(TryRecvError::Empty) => match self.node.poll_timeout() {
+                    Some(deadline) => {
+                        async { rx.recv().await.map_or(Wake::ChannelClosed, Wake::Input) }
+                            .or(async {
+                                Timer::at(deadline).await;
+                                Wake::Timeout
+                            })
+                            .await
+                    }
+                    None => rx.recv().await.map_or(Wake::ChannelClosed, Wake::Input),
+                },
+            };
+            match wake {
+                Wake::Input(input) => {
+                    let mut next = Some(input);
+                    let mut taken = 0;
+                    while let Some(input) = next.take() {
+                        if self.handle(input, Instant::now()) {
+                            return self.shutdown();
+                        }
+                        taken += 1;
+                        if taken < INPUT_BATCH {
+                            next = rx.try_recv().ok();
+                        }
+                    }
+                }
+                Wake::Timeout => {}
+                // Unreachable while `serve` holds a sender; stop cleanly anyway.
+                Wake::ChannelClosed => return self.shutdown(),
+            }
+            // Checked after inputs too, so a steady stream of input cannot
+            // delay keepalive or retry deadlines.
+            let now = Instant::now();
+            if self.node.poll_timeout().is_some_and(|d| d <= now) {
+                self.node.handle_timeout(now);
+            }
+        }
+    }
+
+    fn shutdown(mut self) -> (Metrics, Option<(String, String)>) {
+        let now = Instant::now();
+        self.node.shutdown(now);
+        self.drain(now);
+        // Bridge transports: flush what was queued, then close.
+        for b in &mut self.bridges {
+            if let Some(l) = b.link.take() {
+                close_link(l);
+            }
+        }
+        let m = self.node.broker().metrics().clone();
+        info!(
+            connections_opened = m.connections_opened,
+            messages_received = m.messages_received,
+            messages_sent = m.messages_sent,
+            messages_dropped = m.dropped_total(),
+            bytes_received = m.bytes_received,
+            bytes_sent = m.bytes_sent,
+            "broker stopped"
+        );
+        // In index order, as the slots.
+        for (slot, b) in self.bridges.iter().zip(self.node.bridge_metrics()) {
+            info!(
+                bridge = %slot.name,
+                state = %b.state,
+                connects = b.connects,
+                reconnects = b.reconnects,
+                failed_attempts = b.failed_attempts,
+                forwarded = b.forwarded,
+                received = b.received,
+                cache_depth = b.cache_depth,
+                dropped = b.dropped_cache_full + b.dropped_evicted + b.dropped_unsendable,
+                "bridge stopped"
+            );
+        }
+        (m, self.fatal)
+    }
+
+    /// Feed one input to the core. Returns true on `Shutdown`.
+    fn handle(&mut self, input: Input, now: Instant) -> bool {
+        match input {
+            Input::Opened { conn, info, tx } => {
+                debug!(%conn, peer = %Peer(info.peer), listener = %info.listener, "connection opened");
+                self.conns.insert(
+                    conn,
+                    ConnHandle {
+                        tx,
+                        queued: 0,
+                        peer: info.peer,
+                        client_id: None,
+                    },
+                );
+                self.node.handle_connection_opened(conn, info, now);
+            }
+            Input::Packet { conn, packet } => self.node.handle_packet(conn, *packet, now),
+            Input::Malformed { conn, mut bytes } => self.node.handle_read(conn, &mut bytes, now),
+            Input::Written { conn, n } => {
+                if let Some(h) = self.conns.get_mut(&conn) {
+                    h.queued = h.queued.saturating_sub(n);
+                }
+                self.node.handle_written(conn, n, now);
+            }
+            Input::Closed { conn, error } => {
+                if let Some(h) = self.conns.get(&conn) {
+                    if h.client_id.is_none() {
+                        debug!(%conn, peer = %Peer(h.peer), error = ?error, "connection closed before CONNECT");
+                    } else if let Some(e) = &error {
+                        debug!(%conn, peer = %Peer(h.peer), error = %e, "socket error");
+                    }
+                }
+                self.node.handle_connection_closed(conn, now);
+                self.dead.push(conn);
+            }
+            Input::BridgeUp { link } => {
+                if let Some(l) = self.current_link(link) {
+                    l.up = true;
+                    self.node.handle_bridge_transport_up(link.id, now);
+                }
+            }
+            Input::BridgeFailed { link, failure } => {
+                if let Some(l) = self.current_link(link) {
+                    let address = std::mem::take(&mut l.address);
+                    let slot = &mut self.bridges[link.id.0];
+                    slot.link = None;
+                    warn!(bridge = %slot.name, %address, error = %failure, "bridge dial failed");
+                    self.node
+                        .handle_bridge_transport_failed(link.id, failure, now);
+                }
+            }
+            Input::BridgeRead { link, mut bytes } => {
+                if self.current_link(link).is_some() {
+                    self.node.handle_bridge_read(link.id, &mut bytes, now);
+                }
+            }
+            Input::BridgeDown { link } => {
+                if let Some(l) = self.current_link(link) {
+                    let address = std::mem::take(&mut l.address);
+                    let slot = &mut self.bridges[link.id.0];
+                    // Dropping the link closes its write queue; the task ends.
+                    slot.link = None;
+                    warn!(bridge = %slot.name, %address, "bridge transport closed by the remote or the network");
+                    self.node.handle_bridge_transport_down(link.id, now);
+                }
+            }
+            Input::Shutdown => return true,
+        }
+        false
+    }
+
+    /// The bridge's link if `link` is still its current one.
+    fn current_link(&mut self, link: Link) -> Option<&mut BridgeLink> {
+        self.bridges
+            .get_mut(link.id.0)?
+            .link
+            .as_mut()
+            .filter(|l| l.generation == link.generation)
+    }
+
+    fn dial(&mut self, id: BridgeId, transport: BridgeTransport, address: String, now: Instant) {
+        let Some(slot) = self.bridges.get_mut(id.0) else {
+            return;
+        };
+        // A new Dial replaces whatever link was left.
+        if let Some(old) = slot.link.take() {
+            close_link(old);
+        }
+        if transport != BridgeTransport::Tcp {
+            let failure = TransportFailure::Error(format!(
+                "the {transport} bridge transport is not available in this runtime"
+            ));
+            warn!(bridge = %slot.name, %address, error = %failure, "bridge dial failed");
+            self.node.handle_bridge_transport_failed(id, failure, now);
+            return;
+        }
+        slot.next_generation += 1;
+        let link = Link {
+            id,
+            generation: slot.next_generation,
+        };
+        // Unbounded: the bridge's client bounds what it sends (inflight
+        // window, offline cache), as the broker does for connections.
+        let (tx, rx) = async_channel::unbounded();
+        let task = self.ex.spawn(tcp_transport(
+            link,
+            address.clone(),
+            self.to_core.clone(),
+            rx,
+        ));
+        slot.link = Some(BridgeLink {
+            generation: link.generation,
+            tx,
+            task: Some(task),
+            up: false,
+            address,
+        });
+    }
+
+    fn on_bridge_event(&mut self, id: BridgeId, event: BridgeEvent, now: Instant) {
+        let name = self
+            .bridges
+            .get(id.0)
+            .map_or_else(|| format!("#{}", id.0), |b| b.name.clone());
+        match event {
+            BridgeEvent::Dial {
+                attempt,
+                transport,
+                address,
+            } => {
+                debug!(bridge = %name, attempt, %transport, %address, "bridge dialing");
+                self.dial(id, transport, address, now);
+            }
+            BridgeEvent::CloseTransport => {
+                if let Some(l) = self.bridges.get_mut(id.0).and_then(|b| b.link.take()) {
+                    close_link(l);
+                }
+            }
+            BridgeEvent::StateChanged { from, to } => {
+                let level = match (&from, &to) {
+                    (_, BridgeState::Failed) => Level::ERROR,
+                    (BridgeState::Connected { .. }, _) => Level::WARN,
+                    (
+                        BridgeState::Dialing { .. } | BridgeState::Handshaking { .. },
+                        BridgeState::Backoff { .. },
+                    ) => Level::WARN,
+                    _ => Level::INFO,
+                };
+                let m = self.node.bridge(id).map(|b| b.metrics());
+                let failed_attempts = m.as_ref().map_or(0, |m| m.failed_attempts);
+                let cache_depth = m.as_ref().map_or(0, |m| m.cache_depth);
+                match &to {
+                    BridgeState::Backoff { until } => {
+                        let retry_in = until.saturating_duration_since(now);
+                        log_at!(level, bridge = %name, from = %from, ?retry_in, failed_attempts, cache_depth, "bridge state: backoff");
+                    }
+                    _ => {
+                        log_at!(level, bridge = %name, from = %from, to = %to, failed_attempts, cache_depth, "bridge state: {}", to.name())
+                    }
+                }
+            }
+            BridgeEvent::Fatal { reason } => {
+                error!(bridge = %name, reason = %reason, "bridge failed for good");
+                if self.fatal.is_none() {
+                    self.fatal = Some((name, reason.to_string()));
+                }
+            }
+            other => debug!(bridge = %name, event = ?other, "unhandled bridge event"),
+        }
+    }
+
+    /// Drain the core's outputs (transmits first, then events, as the core
+    /// documents), until acting on them produced nothing more.
+    fn drain(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = self.node.poll_transmit() {
+                progressed = true;
+                match t {
+                    NodeTransmit::Connection(t) => self.deliver(t, now),
+                    NodeTransmit::Bridge { id, data } => {
+                        // No link: the core asked to close it, or it is
+                        // gone and the core has been or is being told.
+                        if let Some(l) = self.bridges.get(id.0).and_then(|b| b.link.as_ref()) {
+                            let _ = l.tx.try_send(Outbound::Data(data));
+                        }
+                    }
+                }
+            }
+            while let Some(ev) = self.node.poll_event() {
+                progressed = true;
+                match ev {
+                    NodeEvent::Broker(ev) => self.on_event(ev),
+                    NodeEvent::Bridge { id, event } => self.on_bridge_event(id, event, now),
+                    other => debug!(event = ?other, "unhandled node event"),
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        for conn in self.dead.drain(..) {
+            // Dropping the handle closes the write queue; its task ends.
+            self.conns.remove(&conn);
+        }
+    }
+
+    fn deliver(&mut self, t: Transmit, now: Instant) {
+        let Some(h) = self.conns.get_mut(&t.conn) else {
+            // Already gone on our side; the core has been or is being told.
+            return;
+        };
+        let len = t.data.len();
+        if h.queued.saturating_add(len) > self.queue_limit {
+            error!(
+                conn = %t.conn,
+                peer = %Peer(h.peer),
+                client_id = %ClientId(h.client_id.as_ref()),
+                queued = h.queued,
+                incoming = len,
+                limit = self.queue_limit,
+                "write queue over its hard bound: dropping the connection"
+            );
+            h.tx.close();
+            self.node.handle_connection_closed(t.conn, now);
+            self.dead.push(t.conn);
+            return;
+        }
+        // Unbounded channel, bounded by the byte count above: never blocks
+        // the core task. An error means the write half is gone and its
+        // `Closed` input is on the way.
+        if h.tx.try_send(Outbound::Data(t.data)).is_ok() {
+            h.queued += len;
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::ClientConnected {
+                conn,
+                client_id,
+                version,
+                keep_alive,
+                clean_start,
+                session_present,
+                peer,
+            } => {
+                info!(
+                    client_id = %client_id,
+                    peer = %Peer(peer),
+                    %conn,
+                    %version,
+                    keep_alive,
+                    clean_start,
+                    session_present,
+                    "client connected"
+                );
+                if let Some(h) = self.conns.get_mut(&conn) {
+                    h.client_id = Some(client_id);
+                }
+            }
+            Event::ClientDisconnected {
+                conn,
+                client_id,
+                reason,
+            } => {
+                let peer = self.conns.get(&conn).and_then(|h| h.peer);
+                log_at!(
+                    level_for(&reason),
+                    client_id = %client_id,
+                    peer = %Peer(peer),
+                    %conn,
+                    reason = %reason,
+                    "client disconnected"
+                );
+            }
+            Event::CloseConnection { conn, reason } => {
+                let Some(h) = self.conns.remove(&conn) else {
+                    return;
+                };
+                if h.client_id.is_none() {
+                    // No ClientDisconnected was logged for it: say why here.
+                    log_at!(
+                        level_for(&reason),
+                        peer = %Peer(h.peer),
+                        %conn,
+                        reason = %reason,
+                        "connection closed"
+                    );
+                } else {
+                    debug!(%conn, reason = %reason, "closing connection");
+                }
+                // After the final bytes already queued: the write half
+                // flushes them, then closes.
+                let _ = h.tx.try_send(Outbound::Close);
+            }
+            // `storage_events` is off: this runtime has no storage layer yet.
+            Event::Storage(_) => {}
+            other => debug!(event = ?other, "unhandled broker event"),
+        }
+    }
+}
+
+/// Close a bridge link: a dial in progress is cancelled; an open transport
+/// flushes what was queued, then closes.
+fn close_link(mut l: BridgeLink) {
+    if l.up {
+        let _ = l.tx.try_send(Outbound::Close);
+        if let Some(t) = l.task.take() {
+            t.detach();
+        }
+    }
+    // Not up: dropping the task cancels the dial.
+}
+
+/// Log level for a connection's end: what a client chose or a normal
+/// server stop is `info`; what an operator may need to look at is `warn`.
+fn level_for(reason: &DisconnectReason) -> Level {
+    match reason {
+        DisconnectReason::ClientDisconnect { .. }
+        | DisconnectReason::TransportClosed
+        | DisconnectReason::SessionTakenOver { .. }
+        | DisconnectReason::ServerShuttingDown => Level::INFO,
+        _ => Level::WARN,
+    }
+}
+
+/// A peer address for logs ("-" when the transport has none).
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+struct ClientId<'a>(Option<&'a ByteString>);
+
+impl std::fmt::Display for ClientId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
+            None => f.write_str("-"),
+        }
+    }
+}
