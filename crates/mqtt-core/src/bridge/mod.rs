@@ -273,6 +273,55 @@ fn hop_properties(mut p: Properties) -> Properties {
     p
 }
 
+/// Hand a PUBLISH that arrived on one side to the other side's client.
+/// QoS 2 packet ids already relayed are remembered (`seen_qos2`) so a
+/// resent PUBLISH (DUP) is not relayed twice. A full offline cache drops
+/// QoS 0 (counted) and holds QoS 1/2 (`Take::Hold`: stop reading that side,
+/// so its sender keeps the message unacknowledged).
+fn relay(
+    p: &Publish,
+    topic: ByteString,
+    seen_qos2: &mut BTreeSet<PacketId>,
+    to: &mut Client,
+    m: &mut BridgeMetrics,
+    count_relayed: impl FnOnce(&mut BridgeMetrics),
+    now: Instant,
+) -> Take {
+    let qos2_id = p.packet_id.filter(|_| p.qos == QoS::ExactlyOnce);
+    if qos2_id.is_some_and(|id| seen_qos2.contains(&id)) {
+        return Take::Go;
+    }
+    let result = to.publish(
+        topic,
+        p.payload.clone(),
+        p.qos,
+        p.retain,
+        hop_properties(p.properties.clone()),
+        now,
+    );
+    match result {
+        Ok(_) => {
+            count_relayed(m);
+            if let Some(id) = qos2_id {
+                seen_qos2.insert(id);
+            }
+            Take::Go
+        }
+        Err(ClientError::QueueFull { .. }) if p.qos == QoS::AtMostOnce => {
+            m.dropped_cache_full += 1;
+            Take::Go
+        }
+        Err(ClientError::QueueFull { .. } | ClientError::PacketIdsExhausted) => {
+            m.backpressure += 1;
+            Take::Hold
+        }
+        Err(_) => {
+            m.dropped_unsendable += 1;
+            Take::Go
+        }
+    }
+}
+
 fn map_topic(topic: &str, prefix: Option<&ByteString>, replace: Option<&ByteString>) -> ByteString {
     match (replace, prefix) {
         (Some(t), _) => t.clone(),
@@ -881,13 +930,6 @@ impl Bridge {
     }
 
     fn forward_to_remote(&mut self, p: &Publish, now: Instant) -> Take {
-        if p.qos == QoS::ExactlyOnce {
-            if let Some(id) = p.packet_id {
-                if self.local_in.qos2.contains(&id) {
-                    return Take::Go;
-                }
-            }
-        }
         let Some(fwd) = self
             .config
             .forwards
@@ -901,37 +943,17 @@ impl Bridge {
             fwd.remote_prefix.as_ref(),
             fwd.remote_topic.as_ref(),
         );
-        let result = self.remote.publish(
+        let m = &mut self.m;
+        let to = &mut self.remote;
+        relay(
+            p,
             topic,
-            p.payload.clone(),
-            p.qos,
-            p.retain,
-            hop_properties(p.properties.clone()),
+            &mut self.local_in.qos2,
+            to,
+            m,
+            |m| m.forwarded += 1,
             now,
-        );
-        match result {
-            Ok(_) => {
-                self.m.forwarded += 1;
-                if p.qos == QoS::ExactlyOnce {
-                    if let Some(id) = p.packet_id {
-                        self.local_in.qos2.insert(id);
-                    }
-                }
-                Take::Go
-            }
-            Err(ClientError::QueueFull { .. }) if p.qos == QoS::AtMostOnce => {
-                self.m.dropped_cache_full += 1;
-                Take::Go
-            }
-            Err(ClientError::QueueFull { .. } | ClientError::PacketIdsExhausted) => {
-                self.m.backpressure += 1;
-                Take::Hold
-            }
-            Err(_) => {
-                self.m.dropped_unsendable += 1;
-                Take::Go
-            }
-        }
+        )
     }
 
     /// Packets from the remote broker, the mirror of `pump_local`.
@@ -991,13 +1013,6 @@ impl Bridge {
             // Before CONNACK: the client rejects it as a protocol error.
             return Take::Go;
         }
-        if p.qos == QoS::ExactlyOnce {
-            if let Some(id) = p.packet_id {
-                if self.remote_in.qos2.contains(&id) {
-                    return Take::Go;
-                }
-            }
-        }
         let Some(sub) = self
             .config
             .subscriptions
@@ -1011,37 +1026,17 @@ impl Bridge {
             sub.local_prefix.as_ref(),
             sub.local_topic.as_ref(),
         );
-        let result = self.local.publish(
+        let m = &mut self.m;
+        let to = &mut self.local;
+        relay(
+            p,
             topic,
-            p.payload.clone(),
-            p.qos,
-            p.retain,
-            hop_properties(p.properties.clone()),
+            &mut self.remote_in.qos2,
+            to,
+            m,
+            |m| m.received += 1,
             now,
-        );
-        match result {
-            Ok(_) => {
-                self.m.received += 1;
-                if p.qos == QoS::ExactlyOnce {
-                    if let Some(id) = p.packet_id {
-                        self.remote_in.qos2.insert(id);
-                    }
-                }
-                Take::Go
-            }
-            Err(ClientError::QueueFull { .. }) if p.qos == QoS::AtMostOnce => {
-                self.m.dropped_cache_full += 1;
-                Take::Go
-            }
-            Err(ClientError::QueueFull { .. } | ClientError::PacketIdsExhausted) => {
-                self.m.backpressure += 1;
-                Take::Hold
-            }
-            Err(_) => {
-                self.m.dropped_unsendable += 1;
-                Take::Go
-            }
-        }
+        )
     }
 }
 
