@@ -54,7 +54,8 @@ use mqtt_core::bridge::{
     TransportFailure,
 };
 use mqtt_core::broker::{
-    BrokerConfig, ConnectionId, ConnectionInfo, DisconnectReason, Event, Metrics, Transmit,
+    BrokerConfig, ConnectionId, ConnectionInfo, DisconnectReason, DropReason, Event, Metrics,
+    Transmit,
 };
 use mqtt_core::codec::Packet;
 use mqtt_core::node::{BridgeId, Node, NodeEvent, NodeTransmit};
@@ -376,6 +377,57 @@ struct CoreTask {
     to_core: Sender<Input>,
     /// The first bridge that gave up: (name, reason).
     fatal: Option<(String, String)>,
+    drops: DropLog,
+}
+
+/// Logs the messages the core dropped (it counts them by cause in
+/// `Metrics`; deciding to drop is the core's, telling the operator is ours).
+/// At most one line per cause per second, carrying the count since the last
+/// line, so a flood cannot flood the log.
+struct DropLog {
+    logged: [u64; DropReason::ALL.len()],
+    last_line: [Option<Instant>; DropReason::ALL.len()],
+}
+
+impl DropLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new() -> Self {
+        Self {
+            logged: [0; DropReason::ALL.len()],
+            last_line: [None; DropReason::ALL.len()],
+        }
+    }
+
+    fn log(&mut self, metrics: &Metrics, now: Instant) {
+        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+            let total = metrics.dropped(reason);
+            let new = total.saturating_sub(self.logged[i]);
+            let due = self.last_line[i].is_none_or(|t| now.duration_since(t) >= Self::EVERY);
+            if new == 0 || !due {
+                continue;
+            }
+            self.logged[i] = total;
+            self.last_line[i] = Some(now);
+            match reason {
+                // Normal operation, not a loss anyone asked to avoid.
+                DropReason::NoSubscribers | DropReason::SessionEnded => {
+                    debug!(
+                        cause = reason.name(),
+                        count = new,
+                        total,
+                        "messages dropped"
+                    )
+                }
+                _ => warn!(
+                    cause = reason.name(),
+                    count = new,
+                    total,
+                    "messages dropped"
+                ),
+            }
+        }
+    }
 }
 
 enum Wake {
@@ -409,6 +461,7 @@ impl CoreTask {
             ex,
             to_core,
             fatal: None,
+            drops: DropLog::new(),
         }
     }
 
@@ -704,6 +757,7 @@ impl CoreTask {
             // Dropping the handle closes the write queue; its task ends.
             self.conns.remove(&conn);
         }
+        self.drops.log(self.node.broker().metrics(), now);
     }
 
     fn deliver(&mut self, t: Transmit, now: Instant) {

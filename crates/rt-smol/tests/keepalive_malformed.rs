@@ -144,3 +144,38 @@ fn takeover_closes_the_old_connection_with_a_logged_reason() {
         "takeover is routine, logged at info: {line}"
     );
 }
+
+/// A subscriber that never acknowledges fills its session queue; what the
+/// core then drops (counted by cause in its metrics) is also logged, so a
+/// loss is never silent.
+#[test]
+fn messages_dropped_for_a_full_session_queue_are_logged() {
+    use bytes::Bytes;
+    use mqtt_core::codec::{ByteString, Properties, Publish};
+
+    let config = "[broker]\nmax_queued_messages = 5\nmax_inflight = 1\n";
+    let broker = Sansmq::start(bin(), Some(config), &[]);
+    let (mut sub, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "stuck", 0, None);
+    sub.subscribe("d/#", QoS::AtLeastOnce);
+    let (mut publ, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "pub", 0, None);
+    // 1 in flight + 5 queued; the other 14 have nowhere to go.
+    for id in 1..=20u16 {
+        publ.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: ByteString::from_static("d/x"),
+            packet_id: std::num::NonZeroU16::new(id),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }));
+        match publ.recv(T) {
+            Ok(Packet::PubAck(a)) => assert_eq!(a.packet_id.get(), id),
+            other => panic!("expected PUBACK {id}, got {other:?}"),
+        }
+    }
+    let line = broker.expect_log(&["messages dropped", "queue_full"], T);
+    assert!(line.contains("WARN"), "drop logged at warn: {line}");
+    // The stuck subscriber got exactly its window's worth.
+    assert!(matches!(sub.recv(T), Ok(Packet::Publish(_))));
+}
