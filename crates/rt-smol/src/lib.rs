@@ -44,7 +44,7 @@
 //! ```
 
 mod bridge;
-pub mod config;
+pub use rt_common::config;
 mod conn;
 pub mod server;
 pub mod tools;

@@ -50,33 +50,18 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_lite::FutureExt;
 use mqtt_core::bridge::{
-    BridgeConfig, BridgeConfigError, BridgeEvent, BridgeState, Transport as BridgeTransport,
-    TransportFailure,
+    BridgeConfig, BridgeConfigError, BridgeEvent, Transport as BridgeTransport, TransportFailure,
 };
-use mqtt_core::broker::{
-    BrokerConfig, ConnectionId, ConnectionInfo, DisconnectReason, DropReason, Event, Metrics,
-    Transmit,
-};
+use mqtt_core::broker::{BrokerConfig, ConnectionId, ConnectionInfo, Event, Metrics, Transmit};
 use mqtt_core::codec::Packet;
 use mqtt_core::node::{BridgeId, Node, NodeEvent, NodeTransmit};
-use tracing::{debug, error, info, warn, Level};
+use tracing::{debug, error, info, warn};
 
 use crate::bridge::{tcp_transport, Link};
-use crate::config::{Config, RuntimeConfig};
 use crate::conn::{accept_loop, ConnSettings};
-
-/// `tracing` levels are static per call site; pick one at run time.
-macro_rules! log_at {
-    ($level:expr, $($arg:tt)+) => {
-        match $level {
-            Level::ERROR => tracing::error!($($arg)+),
-            Level::WARN => tracing::warn!($($arg)+),
-            Level::INFO => tracing::info!($($arg)+),
-            Level::DEBUG => tracing::debug!($($arg)+),
-            _ => tracing::trace!($($arg)+),
-        }
-    };
-}
+use rt_common::config::{Config, RuntimeConfig};
+use rt_common::log::{self, level_for, ClientId, DropLog, Peer};
+use rt_common::log_at;
 
 /// Inputs to the core task, in arrival order per connection.
 pub(crate) enum Input {
@@ -380,56 +365,6 @@ struct CoreTask {
     drops: DropLog,
 }
 
-/// Logs the messages the core dropped (it counts them by cause in
-/// `Metrics`; deciding to drop is the core's, telling the operator is ours).
-/// At most one line per cause per second, carrying the count since the last
-/// line, so a flood cannot flood the log.
-struct DropLog {
-    logged: [u64; DropReason::ALL.len()],
-    last_line: [Option<Instant>; DropReason::ALL.len()],
-}
-
-impl DropLog {
-    const EVERY: Duration = Duration::from_secs(1);
-
-    fn new() -> Self {
-        Self {
-            logged: [0; DropReason::ALL.len()],
-            last_line: [None; DropReason::ALL.len()],
-        }
-    }
-
-    fn log(&mut self, metrics: &Metrics, now: Instant) {
-        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
-            let total = metrics.dropped(reason);
-            let new = total.saturating_sub(self.logged[i]);
-            let due = self.last_line[i].is_none_or(|t| now.duration_since(t) >= Self::EVERY);
-            if new == 0 || !due {
-                continue;
-            }
-            self.logged[i] = total;
-            self.last_line[i] = Some(now);
-            match reason {
-                // Normal operation, not a loss anyone asked to avoid.
-                DropReason::NoSubscribers | DropReason::SessionEnded => {
-                    debug!(
-                        cause = reason.name(),
-                        count = new,
-                        total,
-                        "messages dropped"
-                    )
-                }
-                _ => warn!(
-                    cause = reason.name(),
-                    count = new,
-                    total,
-                    "messages dropped"
-                ),
-            }
-        }
-    }
-}
-
 enum Wake {
     Input(Input),
     Timeout,
@@ -691,27 +626,8 @@ impl CoreTask {
                 }
             }
             BridgeEvent::StateChanged { from, to } => {
-                let level = match (&from, &to) {
-                    (_, BridgeState::Failed) => Level::ERROR,
-                    (BridgeState::Connected { .. }, _) => Level::WARN,
-                    (
-                        BridgeState::Dialing { .. } | BridgeState::Handshaking { .. },
-                        BridgeState::Backoff { .. },
-                    ) => Level::WARN,
-                    _ => Level::INFO,
-                };
                 let m = self.node.bridge(id).map(|b| b.metrics());
-                let failed_attempts = m.as_ref().map_or(0, |m| m.failed_attempts);
-                let cache_depth = m.as_ref().map_or(0, |m| m.cache_depth);
-                match &to {
-                    BridgeState::Backoff { until } => {
-                        let retry_in = until.saturating_duration_since(now);
-                        log_at!(level, bridge = %name, from = %from, ?retry_in, failed_attempts, cache_depth, "bridge state: backoff");
-                    }
-                    _ => {
-                        log_at!(level, bridge = %name, from = %from, to = %to, failed_attempts, cache_depth, "bridge state: {}", to.name())
-                    }
-                }
+                log::bridge_state_changed(&name, &from, &to, m.as_ref(), now);
             }
             BridgeEvent::Fatal { reason } => {
                 error!(bridge = %name, reason = %reason, "bridge failed for good");
@@ -866,39 +782,4 @@ fn close_link(mut l: BridgeLink) {
         }
     }
     // Not up: dropping the task cancels the dial.
-}
-
-/// Log level for a connection's end: what a client chose or a normal
-/// server stop is `info`; what an operator may need to look at is `warn`.
-fn level_for(reason: &DisconnectReason) -> Level {
-    match reason {
-        DisconnectReason::ClientDisconnect { .. }
-        | DisconnectReason::TransportClosed
-        | DisconnectReason::SessionTakenOver { .. }
-        | DisconnectReason::ServerShuttingDown => Level::INFO,
-        _ => Level::WARN,
-    }
-}
-
-/// A peer address for logs ("-" when the transport has none).
-struct Peer(Option<SocketAddr>);
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(a) => write!(f, "{a}"),
-            None => f.write_str("-"),
-        }
-    }
-}
-
-struct ClientId<'a>(Option<&'a ByteString>);
-
-impl std::fmt::Display for ClientId<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(id) => write!(f, "{id}"),
-            None => f.write_str("-"),
-        }
-    }
 }
