@@ -279,9 +279,17 @@ impl Node {
         self.shuttle(now);
     }
 
-    /// Close every client connection (the broker's shutdown); bridges stay
-    /// as they are.
+    /// Shut down: every connected bridge sends DISCONNECT (0x00) to its
+    /// remote and then emits [`BridgeEvent::CloseTransport`] (write the
+    /// bridge bytes polled before it, then close: the DISCONNECT is among
+    /// them); bridges still dialing abandon the dial; all end in
+    /// [`BridgeState::Stopped`](crate::bridge::BridgeState::Stopped). Then
+    /// the broker closes every client connection.
     pub fn shutdown(&mut self, now: Instant) {
+        for s in &mut self.slots {
+            s.bridge.shutdown(now);
+        }
+        self.shuttle(now);
         self.broker.shutdown(now);
         self.shuttle(now);
     }

@@ -295,3 +295,135 @@ fn a_silent_remote_is_detected_within_keepalive_plus_ping_timeout() {
     assert_eq!(lost, connect_sent + secs(10) + secs(5));
     assert_eq!(w.metrics().connection_losses, 1);
 }
+
+/// The reasons carried by the state changes into Backoff and Failed, with
+/// their log text.
+fn reasons(w: &World) -> Vec<(String, String)> {
+    w.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            BridgeEvent::StateChanged {
+                to,
+                reason: Some(r),
+                ..
+            } => Some((to.name().to_owned(), r.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn state_changes_say_why_the_dial_failed() {
+    use mqtt_core::bridge::{AttemptFailure, StateReason, TransportFailure};
+    // Refused.
+    let mut w = World::new(bridge_config());
+    w.reachable = false;
+    w.run_until(secs(1));
+    let first = w
+        .events
+        .iter()
+        .find_map(|(_, e)| match e {
+            BridgeEvent::StateChanged {
+                to: BridgeState::Backoff { .. },
+                reason,
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(matches!(
+        first,
+        Some(StateReason::Attempt(AttemptFailure::Transport {
+            failure: TransportFailure::Refused,
+            ..
+        }))
+    ));
+    assert_eq!(
+        reasons(&w)[0],
+        (
+            "backoff".into(),
+            "tcp://cloud:1883: connection refused".into()
+        )
+    );
+    // No answer to the dial at all: the connect timeout.
+    let mut w = World::new(bridge_config());
+    w.blackhole = true;
+    w.run_until(secs(6));
+    assert_eq!(
+        reasons(&w)[0],
+        ("backoff".into(), "tcp://cloud:1883: timed out".into())
+    );
+    // The transport comes up but no CONNACK: handshake timeout.
+    let mut w = World::new(bridge_config());
+    w.run_until(ms(30)); // the dial reached the cloud; the CONNECT will not
+    w.blackhole = true;
+    w.run_until(secs(6));
+    assert_eq!(
+        reasons(&w)[0],
+        (
+            "backoff".into(),
+            "tcp://cloud:1883: no CONNACK within the connect timeout".into()
+        )
+    );
+    // The remote refuses the CONNECT (client id too long: 0x85), and
+    // fail_fast makes it fatal; the Failed state says why too.
+    let mut cfg = bridge_config();
+    cfg.fail_fast = true;
+    let cloud = mqtt_core::broker::BrokerConfig {
+        max_client_id_len: 5,
+        ..broker_config("cloud")
+    };
+    let mut w = World::with_brokers(cfg, broker_config("edge"), cloud);
+    w.run_until(secs(1));
+    let r = reasons(&w);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0, "failed");
+    assert!(
+        r[0].1.starts_with(
+            "fail_fast: connect attempt 1 failed: tcp://cloud:1883: CONNACK refused 0x85"
+        ),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn state_changes_say_why_the_link_was_lost() {
+    let mut w = World::new(bridge_config());
+    w.run_until(secs(1));
+    assert_eq!(w.bridge_state(), "connected");
+    // The normal steps carry no reason.
+    assert!(reasons(&w).is_empty(), "{:?}", reasons(&w));
+    // RST / FIN from the remote.
+    w.reset_link();
+    let t = w
+        .run_until_cond(secs(60), ms(5), |w| w.bridge_state() == "connected")
+        .unwrap();
+    // The remote's session is taken over: DISCONNECT 0x8E.
+    w.run_until(t + secs(1));
+    w.takeover("sansmq-bridge-up");
+    // The DISCONNECT is one way away.
+    w.run_until_cond(secs(120), ms(5), |w| w.bridge_state() != "connected")
+        .unwrap();
+    let t = w
+        .run_until_cond(secs(120), ms(5), |w| w.bridge_state() == "connected")
+        .unwrap();
+    // The remote goes silent: no PINGRESP.
+    w.run_until(t + secs(1));
+    w.blackhole = true;
+    w.run_until(t + secs(30));
+    let r = reasons(&w);
+    let lost: Vec<&str> = r
+        .iter()
+        .filter(|(to, _)| to == "backoff")
+        .map(|(_, why)| why.as_str())
+        .collect();
+    assert_eq!(
+        lost[..3],
+        [
+            "remote closed the connection",
+            "remote sent DISCONNECT 0x8E Session taken over",
+            "keepalive timeout (no PINGRESP)",
+        ],
+        "{r:?}"
+    );
+}

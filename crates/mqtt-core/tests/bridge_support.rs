@@ -70,6 +70,8 @@ pub struct World {
     pub dials: Vec<(Duration, u32, Transport)>,
     /// Every bridge event with its time since t0.
     pub events: Vec<(Duration, BridgeEvent)>,
+    /// Every broker event of the cloud with its time since t0.
+    pub cloud_events: Vec<(Duration, Event)>,
     pub clients: Vec<TestClient>,
 }
 
@@ -115,6 +117,7 @@ impl World {
             seq: 0,
             dials: Vec::new(),
             events: Vec::new(),
+            cloud_events: Vec::new(),
             clients: Vec::new(),
         }
     }
@@ -271,6 +274,10 @@ impl World {
                         {
                             self.cloud_gen = None;
                             self.schedule(self.latency, Action::EdgeDown(conn.0));
+                        }
+                        NodeEvent::Broker(ev) if side == Side::Cloud => {
+                            let at = self.elapsed();
+                            self.cloud_events.push((at, ev));
                         }
                         _ => {}
                     }

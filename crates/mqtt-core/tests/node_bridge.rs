@@ -316,10 +316,131 @@ fn bridge_metrics_are_published_in_sys() {
         .received
         .iter()
         .any(|p| p.topic == "$SYS/brokers/edge/bridges/up/connects" && p.payload == "1"));
+    // Every metric has its topic: state, reconnect count, cache depth and
+    // bytes, drops.
+    let keys: std::collections::BTreeSet<&str> = w.clients[sys]
+        .received
+        .iter()
+        .filter_map(|p| p.topic.strip_prefix("$SYS/brokers/edge/bridges/up/"))
+        .collect();
+    assert_eq!(
+        keys.into_iter().collect::<Vec<_>>(),
+        [
+            "cache/bytes",
+            "cache/depth",
+            "connects",
+            "dropped",
+            "failed_attempts",
+            "reconnects",
+            "state"
+        ]
+    );
 }
 
 #[test]
 #[ignore = "debug aid: BRIDGE_TRACE=all cargo test --test node_bridge one_reset_seed -- --ignored --nocapture"]
 fn one_reset_seed() {
     closes_lose_nothing(&[1], 203..204);
+}
+
+#[test]
+fn shutdown_sends_disconnect_to_the_remote_then_closes_the_transport() {
+    use mqtt_core::bridge::{BridgeEvent, BridgeState, StateReason};
+    use mqtt_core::broker::{DisconnectReason, Event};
+    use mqtt_core::codec::{Packet, ProtocolVersion, ReasonCode};
+    use mqtt_core::node::{NodeEvent, NodeTransmit};
+
+    let mut w = World::new(config());
+    w.run_until(secs(1));
+    assert_eq!(w.bridge_state(), "connected");
+    let now = w.now;
+    w.edge.shutdown(now);
+    // The node's outputs, in the order a runtime drains them: the bridge's
+    // bytes (a DISCONNECT 0x00), then the event asking to close.
+    let mut bridge_bytes = bytes::BytesMut::new();
+    while let Some(t) = w.edge.poll_transmit() {
+        if let NodeTransmit::Bridge { data, .. } = t {
+            bridge_bytes.extend_from_slice(&data);
+        }
+    }
+    let packet = mqtt_core::codec::decode(&mut bridge_bytes, ProtocolVersion::V5, u32::MAX)
+        .unwrap()
+        .unwrap();
+    match packet {
+        Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode::NORMAL_DISCONNECTION),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(bridge_bytes.is_empty(), "nothing after the DISCONNECT");
+    let events: Vec<BridgeEvent> = std::iter::from_fn(|| w.edge.poll_event())
+        .filter_map(|e| match e {
+            NodeEvent::Bridge { event, .. } => Some(event),
+            _ => None,
+        })
+        .collect();
+    let closes = events
+        .iter()
+        .filter(|e| **e == BridgeEvent::CloseTransport)
+        .count();
+    assert_eq!(closes, 1, "{events:?}");
+    events
+        .iter()
+        .find(|e| {
+            matches!(
+                e,
+                BridgeEvent::StateChanged {
+                    from: BridgeState::Connected { .. },
+                    to: BridgeState::Stopped,
+                    reason: Some(StateReason::Shutdown),
+                }
+            )
+        })
+        .expect("Connected -> Stopped");
+    assert_eq!(w.bridge_state(), "stopped");
+
+    // Through the link: the cloud sees a clean DISCONNECT 0x00, not a
+    // dropped transport, and the bridge never dials again.
+    let mut w = World::new(config());
+    w.run_until(secs(1));
+    let dials = w.dials.len();
+    let now = w.now;
+    w.edge.shutdown(now);
+    w.run_until(secs(600));
+    let ends: Vec<&DisconnectReason> = w
+        .cloud_events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::ClientDisconnected {
+                client_id, reason, ..
+            } if client_id == "sansmq-bridge-up" => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(
+            ends[..],
+            [DisconnectReason::ClientDisconnect {
+                reason_code: ReasonCode::NORMAL_DISCONNECTION,
+                ..
+            }]
+        ),
+        "{ends:?}"
+    );
+    assert_eq!(w.dials.len(), dials, "no dial after shutdown");
+    assert_eq!(w.bridge_state(), "stopped");
+    assert_eq!(w.metrics().connection_losses, 0);
+}
+
+#[test]
+fn shutdown_abandons_a_dial_in_progress_and_stays_stopped() {
+    let mut w = World::new(config());
+    w.reachable = false;
+    w.run_until(secs(30));
+    let dials = w.dials.len();
+    let now = w.now;
+    w.edge.shutdown(now);
+    w.run_until(secs(600));
+    assert_eq!(w.bridge_state(), "stopped");
+    assert_eq!(w.dials.len(), dials);
+    // Nothing of the bridge keeps the node awake.
+    assert_eq!(w.edge.poll_timeout(), w.edge.broker().poll_timeout());
 }

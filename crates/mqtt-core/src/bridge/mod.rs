@@ -8,7 +8,15 @@
 //!                |  fail_fast or max_attempts
 //!                v
 //!              Failed (terminal; a Fatal event was emitted)
+//!
+//! any state but Failed --shutdown--> Stopped (a connected bridge sends
+//!                                   DISCONNECT first; terminal)
 //! ```
+//!
+//! Every [`BridgeEvent::StateChanged`] into Backoff, Failed, Stopped (and a
+//! hybrid fallback from one Dialing to the next) carries the
+//! [`StateReason`], so a log line says why: refused, handshake timeout,
+//! remote closed, keepalive timeout (no PINGRESP), CONNACK refused 0x87...
 //!
 //! The bridge owns two [`Client`]s: `remote` speaks MQTT to the remote
 //! broker over the transport the runtime dials on [`BridgeEvent::Dial`];
@@ -79,6 +87,8 @@ pub enum BridgeState {
     Backoff { until: Instant },
     /// Gave up (fail_fast or max_attempts). Terminal.
     Failed,
+    /// Shut down by [`Bridge::shutdown`]. Terminal.
+    Stopped,
 }
 
 impl BridgeState {
@@ -91,6 +101,7 @@ impl BridgeState {
             BridgeState::Connected { .. } => "connected",
             BridgeState::Backoff { .. } => "backoff",
             BridgeState::Failed => "failed",
+            BridgeState::Stopped => "stopped",
         }
     }
 }
@@ -140,7 +151,7 @@ pub enum AttemptFailure {
         address: String,
     },
     /// The remote answered CONNACK with a failure code.
-    #[error("{transport}://{address}: CONNECT refused: {reason_code}")]
+    #[error("{transport}://{address}: CONNACK refused {reason_code}")]
     Refused {
         transport: Transport,
         address: String,
@@ -165,6 +176,55 @@ pub enum FatalReason {
     MaxAttempts { attempts: u32, last: AttemptFailure },
 }
 
+/// Why an established link to the remote was lost.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkLoss {
+    /// The runtime reported the transport closed (FIN, RST, error).
+    #[error("remote closed the connection")]
+    Closed,
+    /// Our PINGREQ got no PINGRESP within `ping_timeout`.
+    #[error("keepalive timeout (no PINGRESP)")]
+    PingTimeout,
+    /// The remote sent DISCONNECT (5.0).
+    #[error("remote sent DISCONNECT {reason_code}")]
+    Disconnected { reason_code: ReasonCode },
+    /// Anything else the remote client declared fatal (protocol error...).
+    #[error("{0}")]
+    Dead(TransportDeadReason),
+}
+
+impl From<TransportDeadReason> for LinkLoss {
+    fn from(reason: TransportDeadReason) -> Self {
+        match reason {
+            TransportDeadReason::PingTimeout => LinkLoss::PingTimeout,
+            TransportDeadReason::ServerDisconnect { reason_code, .. } => {
+                LinkLoss::Disconnected { reason_code }
+            }
+            other => LinkLoss::Dead(other),
+        }
+    }
+}
+
+/// Why the bridge changed state, carried by [`BridgeEvent::StateChanged`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateReason {
+    /// A connect attempt, or one transport of it, failed (into Backoff, or
+    /// to the next transport of a hybrid list).
+    #[error("{0}")]
+    Attempt(AttemptFailure),
+    /// The connected link was lost (into Backoff).
+    #[error("{0}")]
+    Lost(LinkLoss),
+    /// The bridge gave up (into Failed).
+    #[error("{0}")]
+    Fatal(FatalReason),
+    /// [`Bridge::shutdown`] (into Stopped).
+    #[error("shutdown")]
+    Shutdown,
+}
+
 /// What the bridge asks of the runtime or reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -179,14 +239,16 @@ pub enum BridgeEvent {
     },
     /// Close the current transport (or abandon the dial in progress).
     CloseTransport,
+    /// `reason` says why for every transition caused by a failure, a loss
+    /// or a shutdown; `None` for the normal steps (dial, handshake,
+    /// connected, backoff over).
     StateChanged {
         from: BridgeState,
         to: BridgeState,
+        reason: Option<StateReason>,
     },
     /// The bridge is Failed; the binary exits non-zero.
-    Fatal {
-        reason: FatalReason,
-    },
+    Fatal { reason: FatalReason },
 }
 
 /// Counters and gauges of one bridge.
@@ -511,6 +573,49 @@ impl Bridge {
         self.process(now);
     }
 
+    /// Stop for good (the process is shutting down). A connected bridge
+    /// sends DISCONNECT (0x00 normal disconnection; after the control
+    /// packets already queued, never behind data) and then emits
+    /// [`BridgeEvent::CloseTransport`]: write the remote bytes polled
+    /// before it, then close. A dial or handshake in progress is abandoned
+    /// (CloseTransport too). Ends in [`BridgeState::Stopped`], where every
+    /// later input does nothing (a late transport is closed).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        match self.state {
+            // Failed stays what it is: the Fatal event said why.
+            BridgeState::Stopped | BridgeState::Failed => return,
+            BridgeState::Connected { .. } => {
+                // The client is then Closing: control packets, DISCONNECT,
+                // and its TransportDead(ClientDisconnect), which Stopped
+                // ignores.
+                let _ = self.remote.disconnect(
+                    ReasonCode::NORMAL_DISCONNECTION,
+                    Properties::default(),
+                    now,
+                );
+                while let Some(b) = self.remote.poll_transmit() {
+                    self.remote_out.push_back(b);
+                }
+                self.events.push_back(BridgeEvent::CloseTransport);
+            }
+            BridgeState::Handshaking { .. } => {
+                self.remote.handle_transport_down(now);
+                self.events.push_back(BridgeEvent::CloseTransport);
+            }
+            BridgeState::Dialing { .. } => self.events.push_back(BridgeEvent::CloseTransport),
+            BridgeState::Idle | BridgeState::Backoff { .. } => {}
+        }
+        // What the remote sent and we have not read is resent to our
+        // session next time.
+        self.remote_in.buf.clear();
+        self.remote_in.blocked = None;
+        self.deadline = None;
+        self.connected_since = None;
+        self.set_state(BridgeState::Stopped, Some(StateReason::Shutdown));
+        self.process(now);
+    }
+
     /// The transport of the last `Dial` is open.
     pub fn handle_transport_up(&mut self, now: Instant) {
         self.now = now;
@@ -521,7 +626,7 @@ impl Bridge {
                     address: address.clone(),
                 };
                 self.remote.handle_transport_up(now);
-                self.set_state(to);
+                self.set_state(to, None);
             }
             // A dial we abandoned completed late: close it.
             _ => self.events.push_back(BridgeEvent::CloseTransport),
@@ -548,7 +653,7 @@ impl Bridge {
             BridgeState::Dialing { .. } | BridgeState::Handshaking { .. } => {
                 self.transport_failed(Some(TransportFailure::Closed), now);
             }
-            BridgeState::Connected { .. } => self.connection_lost(now),
+            BridgeState::Connected { .. } => self.connection_lost(LinkLoss::Closed, now),
             _ => {}
         }
         self.process(now);
@@ -669,11 +774,11 @@ impl Bridge {
 
     // ----- internals -------------------------------------------------------
 
-    fn set_state(&mut self, to: BridgeState) {
+    fn set_state(&mut self, to: BridgeState, reason: Option<StateReason>) {
         if to != self.state {
             let from = std::mem::replace(&mut self.state, to.clone());
             self.events
-                .push_back(BridgeEvent::StateChanged { from, to });
+                .push_back(BridgeEvent::StateChanged { from, to, reason });
         }
     }
 
@@ -688,20 +793,24 @@ impl Bridge {
     fn begin_attempt(&mut self, now: Instant) {
         self.attempt = self.attempt.saturating_add(1);
         self.transport_idx = 0;
-        self.dial(now);
+        self.dial(None, now);
     }
 
-    fn dial(&mut self, now: Instant) {
+    /// `reason`: why the previous transport of this attempt was given up.
+    fn dial(&mut self, reason: Option<StateReason>, now: Instant) {
         // Bytes for an earlier transport must not reach the new one.
         self.remote_out.clear();
         self.remote_in.buf.clear();
         self.remote_in.blocked = None;
         let (transport, address) = self.current_target();
         self.deadline = Some(now + self.config.connect_timeout);
-        self.set_state(BridgeState::Dialing {
-            transport,
-            address: address.clone(),
-        });
+        self.set_state(
+            BridgeState::Dialing {
+                transport,
+                address: address.clone(),
+            },
+            reason,
+        );
         self.events.push_back(BridgeEvent::Dial {
             attempt: self.attempt,
             transport,
@@ -727,7 +836,7 @@ impl Bridge {
         };
         if self.transport_idx + 1 < self.config.transports.len() {
             self.transport_idx += 1;
-            self.dial(now);
+            self.dial(Some(StateReason::Attempt(failure)), now);
         } else {
             self.attempt_failed(failure, now);
         }
@@ -752,23 +861,26 @@ impl Bridge {
                 last,
             });
         } else {
-            self.enter_backoff(now);
+            self.enter_backoff(StateReason::Attempt(last), now);
         }
     }
 
-    fn enter_backoff(&mut self, now: Instant) {
+    fn enter_backoff(&mut self, reason: StateReason, now: Instant) {
         let until = now + self.backoff.next_delay();
         self.deadline = Some(until);
-        self.set_state(BridgeState::Backoff { until });
+        self.set_state(BridgeState::Backoff { until }, Some(reason));
     }
 
     fn fail(&mut self, reason: FatalReason) {
         self.deadline = None;
-        self.set_state(BridgeState::Failed);
+        self.set_state(
+            BridgeState::Failed,
+            Some(StateReason::Fatal(reason.clone())),
+        );
         self.events.push_back(BridgeEvent::Fatal { reason });
     }
 
-    fn connection_lost(&mut self, now: Instant) {
+    fn connection_lost(&mut self, loss: LinkLoss, now: Instant) {
         self.remote.handle_transport_down(now);
         // Unacknowledged remote input is resent by the remote on resume.
         self.remote_in.buf.clear();
@@ -782,7 +894,7 @@ impl Bridge {
             self.backoff.reset();
         }
         self.connected_since = None;
-        self.enter_backoff(now);
+        self.enter_backoff(StateReason::Lost(loss), now);
     }
 
     /// The remote client reported TransportDead.
@@ -826,7 +938,7 @@ impl Bridge {
             }
             BridgeState::Connected { .. } => {
                 self.events.push_back(BridgeEvent::CloseTransport);
-                self.connection_lost(now);
+                self.connection_lost(reason.into(), now);
             }
             _ => {}
         }
@@ -846,7 +958,7 @@ impl Bridge {
         if !session_present {
             self.remote_in.qos2.clear();
         }
-        self.set_state(BridgeState::Connected { transport, address });
+        self.set_state(BridgeState::Connected { transport, address }, None);
     }
 
     /// Run both clients' events and intakes until nothing changes.

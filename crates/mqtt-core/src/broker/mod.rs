@@ -99,6 +99,10 @@ type DetMap<K, V> = HashMap<K, V, DetHasher>;
 
 type TimerKey = (TimerOwner, TimerKind);
 
+/// Spare capacity of a connection's output buffer worth keeping after a
+/// transmit; less is released.
+const OUT_KEEP: usize = 1024;
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
@@ -123,12 +127,12 @@ struct Connection {
     send_window: usize,
     /// The client's Maximum Packet Size (5.0), else unlimited.
     client_max_packet_size: u32,
-    /// Aliases the client set (5.0), at most `topic_alias_maximum` of them.
-    alias_in: DetMap<u16, ByteString>,
-    /// Aliases we assigned, at most min(config, client's maximum).
-    alias_out: DetMap<ByteString, u16>,
+    /// Topic aliases in both directions (5.0); allocated by the first one,
+    /// so connections without aliases pay a pointer.
+    aliases: Option<Box<TopicAliases>>,
     alias_out_max: u16,
-    will: Option<Will>,
+    /// Boxed: most connections have none, and a `Will` is ~0.5 KiB.
+    will: Option<Box<Will>>,
     /// Session Expiry Interval given in CONNECT (5.0 DISCONNECT may not
     /// raise it from 0, MQTT-3.14.2-?).
     connect_session_expiry: u32,
@@ -137,6 +141,16 @@ struct Connection {
     in_ready: bool,
     /// Bytes handed out by `poll_transmit` not yet reported by `handle_written`.
     unwritten: usize,
+}
+
+/// A connection's topic aliases (5.0 3.3.2.3.4). Topics are stored in
+/// their own allocations, never as slices of a read buffer they would pin.
+#[derive(Debug, Default)]
+struct TopicAliases {
+    /// Aliases the client set, at most `topic_alias_maximum` of them.
+    inbound: DetMap<u16, ByteString>,
+    /// Aliases we assigned, at most min(config, client's maximum).
+    outbound: DetMap<ByteString, u16>,
 }
 
 impl Connection {
@@ -187,8 +201,10 @@ pub struct Broker {
     config: BrokerConfig,
     rng: Xoshiro256PlusPlus,
     started_at: Instant,
-    connections: DetMap<ConnectionId, Connection>,
-    sessions: DetMap<ByteString, Session>,
+    /// Boxed values: the tables keep spare slots (up to about half of
+    /// them), which then cost a pointer each instead of a whole entry.
+    connections: DetMap<ConnectionId, Box<Connection>>,
+    sessions: DetMap<ByteString, Box<Session>>,
     trie: SubscriptionTrie<SubKey, SubValue>,
     retained: BTreeMap<ByteString, Arc<Message>>,
     timers: TimerQueue<TimerKey>,
@@ -282,7 +298,7 @@ impl Broker {
         }
         self.connections.insert(
             conn,
-            Connection {
+            Box::new(Connection {
                 id: conn,
                 info,
                 state: ConnState::AwaitingConnect,
@@ -293,15 +309,14 @@ impl Broker {
                 last_packet: now,
                 send_window: usize::from(self.config.max_inflight),
                 client_max_packet_size: u32::MAX,
-                alias_in: DetMap::default(),
-                alias_out: DetMap::default(),
+                aliases: None,
                 alias_out_max: 0,
                 will: None,
                 connect_session_expiry: 0,
                 out: BytesMut::new(),
                 in_ready: false,
                 unwritten: 0,
-            },
+            }),
         );
         self.metrics.connections += 1;
         self.timers.set(
@@ -433,6 +448,11 @@ impl Broker {
                 continue;
             }
             let data = c.out.split().freeze();
+            if c.out.capacity() < OUT_KEEP {
+                // Too little left to reuse: do not let the rest keep the
+                // allocation (and its shared header) alive while idle.
+                c.out = BytesMut::new();
+            }
             c.unwritten = c.unwritten.saturating_add(data.len());
             self.metrics.bytes_sent += data.len() as u64;
             return Some(Transmit { conn: id, data });
@@ -466,6 +486,14 @@ impl Broker {
 
     pub fn session_state(&self, client_id: &str) -> Option<&SessionState> {
         self.sessions.get(client_id).map(|s| &s.state)
+    }
+
+    /// The client identifier of a connection, once its CONNECT was accepted.
+    pub fn connection_client_id(&self, conn: ConnectionId) -> Option<&ByteString> {
+        self.connections
+            .get(&conn)
+            .filter(|c| c.state == ConnState::Connected)
+            .map(|c| &c.client_id)
     }
 
     /// The connection a session is attached to.
@@ -532,10 +560,10 @@ impl Broker {
             self.metrics.sessions += 1;
             self.sessions.insert(
                 client_id,
-                Session {
+                Box::new(Session {
                     state: s,
                     conn: None,
-                },
+                }),
             );
         }
         for m in state.retained {
@@ -754,7 +782,9 @@ impl Broker {
                     now,
                 );
             }
-            connect.client_id.clone()
+            // Its own allocation: a slice would pin the whole read buffer
+            // the CONNECT came in for as long as the session lives.
+            ByteString::from(&*connect.client_id)
         };
         let cfg = &self.config;
 
@@ -845,13 +875,12 @@ impl Broker {
         } else {
             self.sessions.contains_key(&client_id)
         };
-        let session = self
-            .sessions
-            .entry(client_id.clone())
-            .or_insert_with(|| Session {
+        let session = self.sessions.entry(client_id.clone()).or_insert_with(|| {
+            Box::new(Session {
                 state: SessionState::new(client_id.clone(), version),
                 conn: None,
-            });
+            })
+        });
         if !session_present {
             self.metrics.sessions += 1;
         }
@@ -876,7 +905,7 @@ impl Broker {
         c.keep_alive_limit = keep_alive_limit;
         c.last_packet = now;
         c.connect_session_expiry = session_expiry;
-        c.will = connect.will;
+        c.will = connect.will.map(|w| Box::new(unshare_will(w)));
         if version.is_v5() {
             // MQTT-3.3.4-9: never more unacknowledged QoS 1/2 than the client's Receive Maximum.
             let rm = props.receive_maximum.unwrap_or(u16::MAX);
@@ -1109,7 +1138,11 @@ impl Broker {
                 );
                 self.publish_sys_event(&client_id, "disconnected", json, now);
             }
-            let will = if publishes_will { c.will.take() } else { None };
+            let will = if publishes_will {
+                c.will.take().map(|w| *w)
+            } else {
+                None
+            };
             self.detach_session(&client_id, conn, will, now);
         }
     }
@@ -1146,10 +1179,10 @@ impl Broker {
                 let Some(s) = self.sessions.get_mut(client_id) else {
                     return;
                 };
-                s.state.pending_will = Some(PendingWill {
+                s.state.pending_will = Some(Box::new(PendingWill {
                     message,
                     publish_at,
-                });
+                }));
                 self.timers
                     .set((owner.clone(), TimerKind::WillDelay), publish_at);
             }
@@ -1515,7 +1548,7 @@ impl Broker {
                     return self.protocol_error(conn, v, now);
                 }
                 if topic_name.is_empty() {
-                    match c.alias_in.get(&alias) {
+                    match c.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                         Some(t) => topic_name = t.clone(),
                         None => {
                             return self.protocol_error(
@@ -1526,7 +1559,10 @@ impl Broker {
                         }
                     }
                 } else {
-                    c.alias_in.insert(alias, topic_name.clone());
+                    c.aliases
+                        .get_or_insert_with(Box::default)
+                        .inbound
+                        .insert(alias, ByteString::from(&*topic_name));
                 }
             }
         }
@@ -2084,7 +2120,10 @@ impl Broker {
             return;
         }
         // MQTT-3.3.1-5: store it, replacing any previous message on the topic.
-        self.retained.insert(message.topic.clone(), message.clone());
+        // A copy: the routed message's fields are slices of the publisher's
+        // read buffer, which a long-lived retained message would pin whole.
+        let stored = Arc::new(unshare_message(message));
+        self.retained.insert(stored.topic.clone(), stored);
         if !exists {
             self.metrics.retained_messages += 1;
         }
@@ -2200,6 +2239,51 @@ fn json_str(s: &str) -> String {
     out
 }
 
+/// A will in its own allocations: the decoded one is a slice of the read
+/// buffer its CONNECT came in, which it would pin for the connection's life.
+fn unshare_will(w: Will) -> Will {
+    Will {
+        topic: own_str(&w.topic),
+        payload: own_bytes(&w.payload),
+        qos: w.qos,
+        retain: w.retain,
+        properties: unshare_properties(w.properties),
+    }
+}
+
+/// A message in its own allocations (see [`unshare_will`]).
+fn unshare_message(m: &Message) -> Message {
+    Message {
+        topic: own_str(&m.topic),
+        payload: own_bytes(&m.payload),
+        qos: m.qos,
+        retain: m.retain,
+        properties: unshare_properties(m.properties.clone()),
+        publisher: m.publisher.clone(),
+        expires_at: m.expires_at,
+    }
+}
+
+/// The byte fields of application-message properties, copied.
+fn unshare_properties(mut p: Properties) -> Properties {
+    p.content_type = p.content_type.as_ref().map(own_str);
+    p.response_topic = p.response_topic.as_ref().map(own_str);
+    p.correlation_data = p.correlation_data.as_ref().map(own_bytes);
+    for (k, v) in &mut p.user_properties {
+        *k = own_str(k);
+        *v = own_str(v);
+    }
+    p
+}
+
+fn own_bytes(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
+fn own_str(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
+}
+
 fn queue_packet(
     c: &mut Connection,
     packet: &Packet,
@@ -2248,10 +2332,11 @@ fn send_publish(
             p.message_expiry_interval = Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX));
         }
         if c.alias_out_max > 0 {
-            if let Some(a) = c.alias_out.get(&m.topic) {
+            let outbound = c.aliases.as_ref().map(|a| &a.outbound);
+            if let Some(a) = outbound.and_then(|o| o.get(&m.topic)) {
                 p.topic_alias = Some(*a);
                 topic_name = ByteString::new();
-            } else if let Ok(n) = u16::try_from(c.alias_out.len() + 1) {
+            } else if let Ok(n) = u16::try_from(outbound.map_or(0, |o| o.len()) + 1) {
                 if n <= c.alias_out_max {
                     p.topic_alias = Some(n);
                     new_alias = Some(n);
@@ -2282,7 +2367,10 @@ fn send_publish(
         return false;
     }
     if let Some(a) = new_alias {
-        c.alias_out.insert(m.topic.clone(), a);
+        c.aliases
+            .get_or_insert_with(Box::default)
+            .outbound
+            .insert(ByteString::from(&*m.topic), a);
     }
     metrics.messages_sent += 1;
     true
@@ -2373,7 +2461,7 @@ fn arm_retry(
 /// session queues the message).
 fn pick_member<'a>(
     group: &'a SharedGroup,
-    sessions: &DetMap<ByteString, Session>,
+    sessions: &DetMap<ByteString, Box<Session>>,
     rng: &mut Xoshiro256PlusPlus,
     strategy: SharedStrategy,
 ) -> Option<(&'a ByteString, &'a Subscription)> {

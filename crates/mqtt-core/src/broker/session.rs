@@ -111,7 +111,9 @@ pub struct SessionState {
     pub last_packet_id: u16,
     /// When the last connection closed (`None` while connected).
     pub disconnected_at: Option<Instant>,
-    pub pending_will: Option<PendingWill>,
+    /// Boxed: rare, and a `PendingWill` is ~0.5 KiB that every session
+    /// would otherwise carry.
+    pub pending_will: Option<Box<PendingWill>>,
 }
 
 impl SessionState {
