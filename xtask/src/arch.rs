@@ -131,6 +131,49 @@ pub const STD_RUNTIME_BANNED_CRATES: &[(&str, &str)] = &[
     ("quinn", "async QUIC; drive quinn-proto directly"),
 ];
 
+/// mqtt-quic wraps quinn-proto and rustls (sans-IO state machines), so
+/// those are allowed, and so is getrandom: TLS key shares and quinn's
+/// token keys need OS randomness (quinn's endpoint RNG is still seeded by
+/// the caller). Everything else of [`SANS_IO_BANNED_CRATES`] stays
+/// (getrandom's wasm-only futures are not followed: see
+/// [`WASM_BROWSER_ONLY`]).
+pub const QUIC_GLUE_BANNED_CRATES: &[(&str, &str)] = &[
+    ("tokio*", "async runtime"),
+    ("smol", "async runtime"),
+    ("async-*", "async runtime/IO"),
+    ("async_*", "async runtime/IO"),
+    ("futures*", "async"),
+    ("mio", "I/O event loop"),
+    ("polling", "I/O event loop"),
+    ("glommio", "async runtime"),
+    ("monoio", "async runtime"),
+    ("compio*", "async runtime"),
+    ("io-uring", "I/O"),
+    ("embassy-*", "async runtime"),
+    ("actix*", "async runtime"),
+    ("pollster", "async executor"),
+    ("quinn", "async QUIC; drive quinn-proto directly"),
+    ("quinn-udp", "UDP sockets, which the runtimes own"),
+    ("socket2", "sockets"),
+    ("tokio-rustls", "TLS over async I/O"),
+    ("native-tls", "TLS"),
+    ("openssl*", "TLS"),
+    ("hyper*", "HTTP I/O"),
+    ("reqwest", "HTTP I/O"),
+    ("ureq", "HTTP I/O"),
+    ("nix", "OS calls"),
+    ("signal-hook*", "process signals"),
+    ("ctrlc", "process signals"),
+    ("tempfile", "file system"),
+    ("memmap2", "file system"),
+    ("walkdir", "file system"),
+    ("notify", "file system"),
+    ("rayon*", "thread pool"),
+    ("threadpool", "thread pool"),
+    ("quanta", "clock"),
+    ("coarsetime", "clock"),
+];
+
 /// The crates the check covers.
 pub const RULES: &[CrateRule] = &[
     CrateRule {
@@ -138,6 +181,14 @@ pub const RULES: &[CrateRule] = &[
         banned_crates: SANS_IO_BANNED_CRATES,
         sans_io_source: true,
         planned: false,
+    },
+    // The QUIC glue is sans-IO like the core: quinn-proto and rustls are
+    // state machines; sockets and clocks stay in the runtimes and the sim.
+    CrateRule {
+        dir: "crates/mqtt-quic",
+        banned_crates: QUIC_GLUE_BANNED_CRATES,
+        sans_io_source: true,
+        planned: true,
     },
     CrateRule {
         dir: "crates/rt-std",
@@ -361,6 +412,13 @@ fn strip_toml_comment(line: &str) -> &str {
     line
 }
 
+/// Crates that only exist for wasm32 in a browser (`getrandom`'s JS entropy
+/// source pulls `js-sys`, which pulls futures for JS promises). `--target
+/// all` shows them; what they pull in is never built on a host that runs a
+/// broker, so the check does not follow them. They are not banned
+/// themselves, so a direct use would still be seen in review.
+const WASM_BROWSER_ONLY: &[&str] = &["js-sys", "wasm-bindgen", "wasm-bindgen-futures", "web-sys"];
+
 /// Banned crates among the declared dependencies (at their line) and in the
 /// `cargo tree --prefix depth` output (at the line of the direct dependency
 /// that pulls them in). Each banned package is reported once.
@@ -398,6 +456,13 @@ pub fn check_dependencies(
         chain.truncate(depth);
         chain.push(name.to_owned());
         if depth == 0 {
+            continue;
+        }
+        // Below a browser-only crate, nothing is ever built for a broker.
+        if chain[..chain.len() - 1]
+            .iter()
+            .any(|c| WASM_BROWSER_ONLY.contains(&c.as_str()))
+        {
             continue;
         }
         if let Some(why) = banned_reason(name, banned) {
@@ -1219,6 +1284,31 @@ async-std = "1"
             lines_of(&v),
             vec![6, 7, 10, 14],
             "dev- and build-dependencies are allowed: {shown:#?}"
+        );
+    }
+
+    #[test]
+    fn browser_only_subtrees_are_not_followed() {
+        let tree = "0rt-std v0.1.0
+1mqtt-quic v0.1.0
+2getrandom v0.3.0
+3js-sys v0.3.0
+4futures-util v0.3.0
+5futures-core v0.3.0
+2futures-core v0.3.0
+";
+        let manifest = "[dependencies]\nmqtt-quic = \"1\"\n";
+        let v = check_dependencies(
+            "crates/rt-std/Cargo.toml",
+            manifest,
+            tree,
+            STD_RUNTIME_BANNED_CRATES,
+        );
+        let shown: Vec<String> = v.iter().map(ToString::to_string).collect();
+        // Only the futures-core reached outside js-sys counts.
+        assert_eq!(
+            shown,
+            vec!["crates/rt-std/Cargo.toml:2: depends on `futures-core` (async) through rt-std -> mqtt-quic -> futures-core"]
         );
     }
 

@@ -1,0 +1,722 @@
+//! Two `QuicEndpoint`s wired in memory on a virtual clock: datagrams move
+//! through a queue with a fixed latency, time jumps to the next delivery
+//! or `poll_timeout()`. No sockets, no sleeps; every drive is bounded in
+//! steps and virtual time.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use mqtt_quic::{
+    client_config, parse_certs_pem, parse_key_pem, server_config, CertificateDer, PrivateKeyDer,
+    QuicCloseReason, QuicConnId, QuicEndpoint, QuicEvent, QuicSettings, ServerTrust,
+};
+
+const LATENCY: Duration = Duration::from_millis(5);
+const MAX_STEPS: usize = 200_000;
+
+struct Cert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+fn cert(name: &str) -> Cert {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).expect("rcgen");
+    // Through PEM, so the parsers are exercised too.
+    let chain = parse_certs_pem(ck.cert.pem().as_bytes(), "cert.pem").expect("cert pem");
+    let key = parse_key_pem(ck.key_pair.serialize_pem().as_bytes(), "key.pem").expect("key pem");
+    Cert { chain, key }
+}
+
+fn settings() -> QuicSettings {
+    QuicSettings {
+        keep_alive_interval: None,
+        idle_timeout: Duration::from_secs(30),
+        handshake_timeout: Duration::from_secs(5),
+        initial_rtt: Duration::from_millis(50),
+        ..QuicSettings::default()
+    }
+}
+
+#[derive(Debug)]
+struct Seen {
+    at: Instant,
+    event: QuicEvent,
+}
+
+struct Net {
+    now: Instant,
+    start: Instant,
+    client: QuicEndpoint,
+    server: QuicEndpoint,
+    caddr: SocketAddr,
+    saddr: SocketAddr,
+    /// (deliver at, to server?, from, bytes)
+    wire: VecDeque<(Instant, bool, SocketAddr, Bytes)>,
+    drop_to_server: bool,
+    drop_to_client: bool,
+    cev: Vec<Seen>,
+    sev: Vec<Seen>,
+    /// (when, to the server?, bytes) of every datagram sent.
+    sent: Vec<(Duration, bool, usize)>,
+}
+
+impl Net {
+    fn new(client: QuicEndpoint, server: QuicEndpoint) -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            start: now,
+            client,
+            server,
+            caddr: "127.0.0.1:40000".parse().expect("addr"),
+            saddr: "127.0.0.1:14567".parse().expect("addr"),
+            wire: VecDeque::new(),
+            drop_to_server: false,
+            drop_to_client: false,
+            cev: Vec::new(),
+            sev: Vec::new(),
+            sent: Vec::new(),
+        }
+    }
+
+    fn pair(s: &QuicSettings, c: &Cert, trust: ServerTrust) -> Self {
+        let server = server_config(c.chain.clone(), c.key.clone_key(), None, s).expect("server");
+        let client = client_config(trust, None, s).expect("client");
+        Self::new(
+            QuicEndpoint::new(None, Some(client), s, Some([1; 32])),
+            QuicEndpoint::new(Some(server), None, s, Some([2; 32])),
+        )
+    }
+
+    /// Move everything that is ready now; true if anything moved.
+    fn pump(&mut self) -> bool {
+        let mut moved = false;
+        let now = self.now;
+        while let Some(d) = self.client.poll_transmit(now) {
+            assert_eq!(d.destination, self.saddr);
+            moved = true;
+            for seg in d.segments() {
+                self.sent.push((now - self.start, true, seg.len()));
+                if !self.drop_to_server {
+                    self.wire.push_back((now + LATENCY, true, self.caddr, seg));
+                }
+            }
+        }
+        while let Some(d) = self.server.poll_transmit(now) {
+            assert_eq!(d.destination, self.caddr);
+            moved = true;
+            for seg in d.segments() {
+                self.sent.push((now - self.start, false, seg.len()));
+                if !self.drop_to_client {
+                    self.wire.push_back((now + LATENCY, false, self.saddr, seg));
+                }
+            }
+        }
+        while let Some(event) = self.client.poll_event() {
+            moved = true;
+            self.cev.push(Seen { at: now, event });
+        }
+        while let Some(event) = self.server.poll_event() {
+            moved = true;
+            self.sev.push(Seen { at: now, event });
+        }
+        moved
+    }
+
+    /// One step: pump, then jump to the next delivery or timer and run it.
+    /// False when nothing is scheduled.
+    fn step(&mut self) -> bool {
+        while self.pump() {}
+        let next = [
+            self.wire.front().map(|w| w.0),
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(next) = next else { return false };
+        self.now = self.now.max(next);
+        while self.wire.front().is_some_and(|w| w.0 <= self.now) {
+            let Some((_, to_server, from, bytes)) = self.wire.pop_front() else {
+                break;
+            };
+            let data = BytesMut::from(&bytes[..]);
+            if to_server {
+                self.server.handle_datagram(self.now, from, data);
+            } else {
+                self.client.handle_datagram(self.now, from, data);
+            }
+        }
+        let now = self.now;
+        self.client.handle_timeout(now);
+        self.server.handle_timeout(now);
+        true
+    }
+
+    /// Step until `done` holds; bounded in steps and virtual time.
+    fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Net) -> bool) {
+        for _ in 0..MAX_STEPS {
+            while self.pump() {}
+            if done(self) {
+                return;
+            }
+            assert!(
+                self.now - self.start <= limit,
+                "condition not met within {limit:?} of virtual time"
+            );
+            if !self.step() {
+                while self.pump() {}
+                assert!(done(self), "nothing scheduled and the condition is not met");
+                return;
+            }
+        }
+        panic!("condition not met within {MAX_STEPS} steps");
+    }
+
+    fn client_connected(&self) -> Option<QuicConnId> {
+        self.cev.iter().find_map(|s| match s.event {
+            QuicEvent::Connected { conn, .. } => Some(conn),
+            _ => None,
+        })
+    }
+
+    fn server_accepted(&self) -> Option<QuicConnId> {
+        self.sev.iter().find_map(|s| match s.event {
+            QuicEvent::Accepted { conn, .. } => Some(conn),
+            _ => None,
+        })
+    }
+
+    fn data(events: &[Seen], id: QuicConnId) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in events {
+            if let QuicEvent::Data { conn, bytes } = &s.event {
+                if *conn == id {
+                    out.extend_from_slice(bytes);
+                }
+            }
+        }
+        out
+    }
+
+    fn closed(events: &[Seen], id: QuicConnId) -> Option<(Instant, QuicCloseReason)> {
+        events.iter().find_map(|s| match &s.event {
+            QuicEvent::Closed { conn, reason } if *conn == id => Some((s.at, reason.clone())),
+            _ => None,
+        })
+    }
+
+    /// Connect, send `first` from the client (MQTT's CONNECT role), and
+    /// wait until the server accepted the stream.
+    fn establish(&mut self, first: &[u8]) -> (QuicConnId, QuicConnId) {
+        let now = self.now;
+        let c = self
+            .client
+            .connect(now, self.saddr, "localhost")
+            .expect("connect");
+        self.client
+            .write(c, Bytes::copy_from_slice(first))
+            .expect("write before connected is queued");
+        self.run_until(Duration::from_secs(10), |n| {
+            n.client_connected().is_some() && n.server_accepted().is_some()
+        });
+        let s = self.server_accepted().expect("accepted");
+        (c, s)
+    }
+}
+
+#[test]
+fn handshake_then_bytes_both_ways_in_order() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"CONNECT");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::data(&n.sev, sid) == b"CONNECT"
+    });
+    net.server
+        .write(sid, Bytes::from_static(b"CONNACK"))
+        .expect("server write");
+    net.client
+        .write(cid, Bytes::from_static(b"PUBLISH-1"))
+        .expect("client write");
+    net.client
+        .write(cid, Bytes::from_static(b"PUBLISH-2"))
+        .expect("client write");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::data(&n.cev, cid) == b"CONNACK"
+            && Net::data(&n.sev, sid) == b"CONNECTPUBLISH-1PUBLISH-2"
+    });
+    assert!(net.client.is_open(cid) && net.server.is_open(sid));
+    assert!(Net::closed(&net.cev, cid).is_none());
+    // The client's Connected comes before any of its Data.
+    let first = net
+        .cev
+        .iter()
+        .position(|s| matches!(s.event, QuicEvent::Connected { .. }));
+    let data = net
+        .cev
+        .iter()
+        .position(|s| matches!(s.event, QuicEvent::Data { .. }));
+    assert!(first < data, "{:?}", net.cev);
+}
+
+#[test]
+fn handshake_timeout_fires_exactly_when_datagrams_are_dropped() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    net.drop_to_server = true;
+    let t0 = net.now;
+    let cid = net
+        .client
+        .connect(t0, net.saddr, "localhost")
+        .expect("connect");
+    net.run_until(Duration::from_secs(20), |n| {
+        Net::closed(&n.cev, cid).is_some()
+    });
+    let (at, reason) = Net::closed(&net.cev, cid).expect("closed");
+    assert_eq!(reason, QuicCloseReason::HandshakeTimeout);
+    // Exact in virtual time: the deadline is a timer, not a poll.
+    assert_eq!(at - t0, s.handshake_timeout);
+    assert!(net.client_connected().is_none());
+}
+
+#[test]
+fn idle_timeout_when_the_peer_goes_silent() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"hi");
+    // The peer vanishes: nothing gets through any more, either way.
+    net.drop_to_server = true;
+    net.drop_to_client = true;
+    let t0 = net.now;
+    net.run_until(Duration::from_secs(120), |n| {
+        Net::closed(&n.cev, cid).is_some() && Net::closed(&n.sev, sid).is_some()
+    });
+    let (at, reason) = Net::closed(&net.cev, cid).expect("client closed");
+    assert_eq!(reason, QuicCloseReason::IdleTimeout);
+    // RFC 9000 10.1: at least the idle timeout (or 3 PTO if larger).
+    assert!(
+        at - t0 >= s.idle_timeout - Duration::from_secs(1),
+        "{:?}",
+        at - t0
+    );
+    let (_, reason) = Net::closed(&net.sev, sid).expect("server closed");
+    assert_eq!(reason, QuicCloseReason::IdleTimeout);
+}
+
+#[test]
+fn quic_keep_alive_keeps_an_idle_connection_open() {
+    let c = cert("localhost");
+    let s = QuicSettings {
+        keep_alive_interval: Some(Duration::from_secs(5)),
+        ..settings()
+    };
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, _) = net.establish(b"hi");
+    let until = net.now + 3 * s.idle_timeout;
+    net.run_until(4 * s.idle_timeout, |n| n.now >= until);
+    assert!(net.client.is_open(cid));
+    assert!(Net::closed(&net.cev, cid).is_none());
+}
+
+#[test]
+fn peer_close_surfaces_with_its_code() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"hi");
+    let now = net.now;
+    net.server.close(now, sid, 7, "bye");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::closed(&n.cev, cid).is_some()
+    });
+    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
+    assert_eq!(
+        reason,
+        QuicCloseReason::PeerClosed {
+            code: 7,
+            reason: "bye".into()
+        }
+    );
+    let (_, local) = Net::closed(&net.sev, sid).expect("server closed too");
+    assert_eq!(local, QuicCloseReason::LocallyClosed);
+    // Both sides forget the connection once drained.
+    net.run_until(Duration::from_secs(30), |n| {
+        n.client.connection_count() == 0 && n.server.connection_count() == 0
+    });
+}
+
+#[test]
+fn stream_reset_surfaces_as_stream_reset() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"hi");
+    let now = net.now;
+    net.client.reset(now, cid, 9);
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::closed(&n.sev, sid).is_some()
+    });
+    let (_, reason) = Net::closed(&net.sev, sid).expect("closed");
+    assert_eq!(reason, QuicCloseReason::StreamReset { code: 9 });
+    net.run_until(Duration::from_secs(30), |n| {
+        n.client.connection_count() == 0 && n.server.connection_count() == 0
+    });
+}
+
+#[test]
+fn finish_delivers_everything_then_the_peer_sees_the_end() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"CONNECT");
+    let now = net.now;
+    net.server
+        .write(sid, Bytes::from_static(b"DISCONNECT"))
+        .expect("write");
+    net.server.finish(now, sid);
+    assert!(net.server.write(sid, Bytes::from_static(b"x")).is_err());
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::closed(&n.cev, cid).is_some() && Net::closed(&n.sev, sid).is_some()
+    });
+    assert_eq!(Net::data(&net.cev, cid), b"DISCONNECT");
+    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
+    // FIN arrives first (PeerFinished); our reaction closes the connection.
+    assert!(
+        matches!(
+            reason,
+            QuicCloseReason::PeerFinished | QuicCloseReason::PeerClosed { code: 0, .. }
+        ),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn large_transfer_respects_flow_control_and_arrives_intact() {
+    let c = cert("localhost");
+    let s = QuicSettings {
+        stream_receive_window: 64 * 1024,
+        receive_window: 128 * 1024,
+        send_window: 64 * 1024,
+        max_datagrams_per_transmit: 10,
+        ..settings()
+    };
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"C");
+    let total = 2 * 1024 * 1024;
+    let payload: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    for chunk in payload.chunks(10_000) {
+        net.client
+            .write(cid, Bytes::copy_from_slice(chunk))
+            .expect("write");
+    }
+    // quinn took at most its send window; the rest waits here.
+    let waiting = net.client.buffered(cid);
+    assert!(
+        waiting >= total - 64 * 1024 - 1,
+        "only {waiting} bytes wait: the send window was not respected"
+    );
+    let mut max_seen_buffered = 0;
+    net.run_until(Duration::from_secs(60), |n| {
+        max_seen_buffered = max_seen_buffered.max(n.client.buffered(cid));
+        Net::data(&n.sev, sid).len() == total + 1
+    });
+    let got = Net::data(&net.sev, sid);
+    assert_eq!(got[0], b'C');
+    assert!(got[1..] == payload[..], "payload corrupted or reordered");
+    assert_eq!(net.client.buffered(cid), 0);
+    // GSO batches were produced and split by `segments()` above.
+    assert!(max_seen_buffered > 0);
+}
+
+#[test]
+fn untrusted_certificate_fails_with_a_tls_reason() {
+    let server_cert = cert("localhost");
+    let other = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &server_cert, ServerTrust::Roots(other.chain.clone()));
+    let now = net.now;
+    let cid = net
+        .client
+        .connect(now, net.saddr, "localhost")
+        .expect("connect");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::closed(&n.cev, cid).is_some()
+    });
+    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
+    assert!(matches!(reason, QuicCloseReason::Tls(_)), "{reason:?}");
+    assert!(net.server_accepted().is_none());
+}
+
+#[test]
+fn wrong_server_name_fails_with_a_tls_reason() {
+    let c = cert("broker.example");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let now = net.now;
+    let cid = net
+        .client
+        .connect(now, net.saddr, "localhost")
+        .expect("connect");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::closed(&n.cev, cid).is_some()
+    });
+    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
+    assert!(matches!(reason, QuicCloseReason::Tls(_)), "{reason:?}");
+}
+
+#[test]
+fn insecure_skip_verify_accepts_any_certificate() {
+    let c = cert("broker.example");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::InsecureSkipVerify);
+    let (_, sid) = net.establish(b"x");
+    net.run_until(Duration::from_secs(10), |n| Net::data(&n.sev, sid) == b"x");
+}
+
+#[test]
+fn a_refusing_server_refuses_new_connections() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    net.server.set_refusing(true);
+    let now = net.now;
+    let cid = net
+        .client
+        .connect(now, net.saddr, "localhost")
+        .expect("connect");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::closed(&n.cev, cid).is_some()
+    });
+    let (at, reason) = Net::closed(&net.cev, cid).expect("closed");
+    assert_eq!(reason, QuicCloseReason::Refused);
+    // A refusal is an answer, long before the handshake timeout.
+    assert!(at - now < s.handshake_timeout);
+}
+
+#[test]
+fn client_certificates_are_verified_when_a_client_ca_is_set() {
+    let server = cert("localhost");
+    let client_ok = cert("edge1");
+    let client_bad = cert("edge2");
+    let s = settings();
+    let sc = server_config(
+        server.chain.clone(),
+        server.key.clone_key(),
+        Some(client_ok.chain.clone()),
+        &s,
+    )
+    .expect("server");
+    for (identity, ok) in [(&client_ok, true), (&client_bad, false)] {
+        let cc = client_config(
+            ServerTrust::Roots(server.chain.clone()),
+            Some(mqtt_quic::ClientIdentity {
+                cert_chain: identity.chain.clone(),
+                key: identity.key.clone_key(),
+            }),
+            &s,
+        )
+        .expect("client");
+        let mut net = Net::new(
+            QuicEndpoint::new(None, Some(cc), &s, Some([5; 32])),
+            QuicEndpoint::new(Some(sc.clone()), None, &s, Some([6; 32])),
+        );
+        let now = net.now;
+        let cid = net
+            .client
+            .connect(now, net.saddr, "localhost")
+            .expect("connect");
+        net.client
+            .write(cid, Bytes::from_static(b"CONNECT"))
+            .expect("write");
+        net.run_until(Duration::from_secs(10), |n| {
+            n.server_accepted().is_some() || Net::closed(&n.cev, cid).is_some()
+        });
+        assert_eq!(net.server_accepted().is_some(), ok);
+        if !ok {
+            let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
+            assert!(matches!(reason, QuicCloseReason::Tls(_)), "{reason:?}");
+        }
+    }
+}
+
+#[test]
+fn zero_rtt_resumption_sends_mqtt_in_the_first_flight() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"CONNECT-1");
+    net.server
+        .write(sid, Bytes::from_static(b"CONNACK"))
+        .expect("write");
+    // Let the session tickets arrive, then end the first connection.
+    net.run_until(Duration::from_secs(5), |n| {
+        Net::data(&n.cev, cid) == b"CONNACK"
+    });
+    let now = net.now;
+    net.client.close(now, cid, 0, "");
+    net.run_until(Duration::from_secs(30), |n| {
+        n.client.connection_count() == 0 && n.server.connection_count() == 0
+    });
+    net.cev.clear();
+    net.sev.clear();
+
+    let now = net.now;
+    let cid2 = net
+        .client
+        .connect(now, net.saddr, "localhost")
+        .expect("reconnect");
+    // Connected at once, before any datagram went anywhere: 0-RTT.
+    while let Some(event) = net.client.poll_event() {
+        net.cev.push(Seen { at: now, event });
+    }
+    assert_eq!(net.client_connected(), Some(cid2), "{:?}", net.cev);
+    net.client
+        .write(cid2, Bytes::from_static(b"CONNECT-2"))
+        .expect("write");
+    net.run_until(Duration::from_secs(5), |n| {
+        n.server_accepted()
+            .is_some_and(|s| Net::data(&n.sev, s) == b"CONNECT-2")
+    });
+    assert!(net.client.accepted_0rtt(cid2));
+}
+
+#[test]
+fn rejected_zero_rtt_is_replayed_on_a_fresh_stream() {
+    let c = cert("localhost");
+    let s = settings();
+    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (cid, sid) = net.establish(b"CONNECT-1");
+    net.server
+        .write(sid, Bytes::from_static(b"CONNACK"))
+        .expect("write");
+    net.run_until(Duration::from_secs(5), |n| {
+        Net::data(&n.cev, cid) == b"CONNACK"
+    });
+    let now = net.now;
+    net.client.close(now, cid, 0, "");
+    net.run_until(Duration::from_secs(30), |n| {
+        n.client.connection_count() == 0 && n.server.connection_count() == 0
+    });
+    // The server restarts: it no longer knows the client's session ticket.
+    let sc = server_config(c.chain.clone(), c.key.clone_key(), None, &s).expect("server");
+    net.server = QuicEndpoint::new(Some(sc), None, &s, Some([7; 32]));
+    net.cev.clear();
+    net.sev.clear();
+    let now = net.now;
+    let cid2 = net
+        .client
+        .connect(now, net.saddr, "localhost")
+        .expect("reconnect");
+    net.client
+        .write(cid2, Bytes::from_static(b"CONNECT-2"))
+        .expect("write");
+    net.run_until(Duration::from_secs(5), |n| {
+        n.server_accepted()
+            .is_some_and(|s| Net::data(&n.sev, s) == b"CONNECT-2")
+    });
+    assert!(!net.client.accepted_0rtt(cid2));
+    // Exactly one Connected for the connection, and it stays usable.
+    let connected = net
+        .cev
+        .iter()
+        .filter(|s| matches!(s.event, QuicEvent::Connected { .. }))
+        .count();
+    assert_eq!(connected, 1);
+    net.client
+        .write(cid2, Bytes::from_static(b"+more"))
+        .expect("write");
+    net.run_until(Duration::from_secs(5), |n| {
+        n.server_accepted()
+            .is_some_and(|s| Net::data(&n.sev, s) == b"CONNECT-2+more")
+    });
+}
+
+#[test]
+fn pem_errors_name_the_file() {
+    let e = parse_certs_pem(b"not a pem", "/etc/sansmq/cert.pem").expect_err("no cert");
+    assert!(e.to_string().contains("/etc/sansmq/cert.pem"), "{e}");
+    let e = parse_key_pem(b"", "/etc/sansmq/key.pem").expect_err("no key");
+    assert!(e.to_string().contains("/etc/sansmq/key.pem"), "{e}");
+}
+
+#[test]
+fn effective_keep_alive_stays_below_the_idle_timeout() {
+    let d = QuicSettings::default();
+    assert_eq!(d.keep_alive_interval, Some(Duration::from_secs(120)));
+    assert_eq!(d.effective_keep_alive(), Some(Duration::from_secs(60)));
+    let off = QuicSettings {
+        keep_alive_interval: None,
+        ..d.clone()
+    };
+    assert_eq!(off.effective_keep_alive(), None);
+    let no_idle = QuicSettings {
+        idle_timeout: Duration::ZERO,
+        ..d
+    };
+    assert_eq!(
+        no_idle.effective_keep_alive(),
+        Some(Duration::from_secs(120))
+    );
+}
+
+/// Everything observable of one run, on the virtual clock: the events
+/// (with their times) and the size and time of every datagram sent.
+fn trace_of_a_run(c: &Cert, seeds: ([u8; 32], [u8; 32])) -> Vec<String> {
+    let s = settings();
+    let server = server_config(c.chain.clone(), c.key.clone_key(), None, &s).expect("server");
+    let client = client_config(ServerTrust::Roots(c.chain.clone()), None, &s).expect("client");
+    let mut net = Net::new(
+        QuicEndpoint::new(None, Some(client), &s, Some(seeds.0)),
+        QuicEndpoint::new(Some(server), None, &s, Some(seeds.1)),
+    );
+    let (cid, sid) = net.establish(b"CONNECT");
+    net.server
+        .write(sid, Bytes::from_static(b"CONNACK"))
+        .expect("write");
+    net.run_until(Duration::from_secs(10), |n| {
+        Net::data(&n.cev, cid) == b"CONNACK"
+    });
+    let now = net.now;
+    net.client.close(now, cid, 0, "");
+    net.run_until(Duration::from_secs(30), |n| {
+        n.client.connection_count() == 0 && n.server.connection_count() == 0
+    });
+    let mut trace: Vec<String> = net
+        .cev
+        .iter()
+        .map(|s| format!("c {:?} {:?}", s.at - net.start, s.event))
+        .chain(
+            net.sev
+                .iter()
+                .map(|s| format!("s {:?} {:?}", s.at - net.start, s.event)),
+        )
+        .collect();
+    trace.extend(net.sent.iter().map(|d| format!("d {d:?}")));
+    trace.push(format!("end {:?}", net.now - net.start));
+    trace
+}
+
+#[test]
+fn same_seeds_give_the_same_virtual_time_trace() {
+    // Ed25519: fixed-size signatures, so TLS message sizes do not vary
+    // between runs (ECDSA's DER signatures do). Key shares and randoms
+    // still come from the OS; the trace must not depend on them.
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let cert = params.self_signed(&kp).expect("self-signed");
+    let c = Cert {
+        chain: parse_certs_pem(cert.pem().as_bytes(), "cert.pem").expect("cert"),
+        key: parse_key_pem(kp.serialize_pem().as_bytes(), "key.pem").expect("key"),
+    };
+    let a = trace_of_a_run(&c, ([1; 32], [2; 32]));
+    let b = trace_of_a_run(&c, ([1; 32], [2; 32]));
+    assert_eq!(a, b);
+    assert!(a.len() > 4, "{a:?}");
+}
