@@ -1,5 +1,6 @@
 //! Random scenarios (random mixes of clients, keep alives, silences,
-//! partitions, publishes at QoS 0/1/2, reconnects), one per seed. The
+//! partitions, publishes at QoS 0/1/2, reconnects, bridges whose remote
+//! fails in every way), one per seed. The
 //! ignored test is what `cargo xtask sim --seeds N [--start S]` runs.
 
 use sansmq_tests::sim::scenario;
@@ -12,6 +13,20 @@ fn random_scenarios() {
     run_seeds(TEST, "random_scenarios", &seeds_from_env(0..200), |seed| {
         scenario::random(seed).map(|_| ())
     });
+}
+
+/// Random bridge runs only (random() draws one about 30% of the time):
+/// random links with stalls, bridge versions, keep alives, reconnect
+/// policies, hybrid transports, QoS mixes and remote failures, with the
+/// Ledger, the KeepaliveCheck and the BackoffCheck.
+#[test]
+fn random_bridge_scenarios() {
+    run_seeds(
+        TEST,
+        "random_bridge_scenarios",
+        &seeds_from_env(0..300),
+        |seed| scenario::random_bridge_from_seed(seed).map(|_| ()),
+    );
 }
 
 /// `SIM_SEEDS=N SIM_START=S`: seeds S..S+N (xtask sets them).

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use mqtt_core::bridge::{Backoff, BridgeConfig, BridgeState, ReconnectPolicy};
 use mqtt_core::broker::ConnectionId;
 use mqtt_core::codec::QoS;
 
@@ -16,6 +17,7 @@ pub struct Checks {
     pub problems: Vec<String>,
     pub keepalive: KeepaliveCheck,
     pub ledger: Ledger,
+    pub backoff: BackoffCheck,
 }
 
 /// One keepalive expiry seen at a broker.
@@ -383,5 +385,256 @@ impl Ledger {
         if lost > 10 {
             problems.push(format!("... {lost} QoS 1/2 deliveries lost in total"));
         }
+    }
+}
+
+/// A bridge's reconnect behaviour (the design brief's "backoff schedule
+/// respected, no reconnect storm"), checked against its policy as it
+/// happens:
+///
+/// - every delay into Backoff is exactly the next delay of a [`Backoff`]
+///   built from the bridge's policy and seed (the schedule replays), and
+///   independently within `base..=cap` and at most 3 x the previous one
+///   (decorrelated jitter);
+/// - the schedule returns to the base only after the link stayed up for
+///   `stable`: a remote that accepts and drops at once keeps seeing
+///   growing delays (no storm);
+/// - the next attempt dials exactly when the Backoff ends (never earlier,
+///   never later), a hybrid fallback stays within its attempt;
+/// - attempts never stop: the bridge gives up (Failed) only at its first
+///   failed attempt with `fail_fast`, or after exactly `max_attempts`
+///   consecutive ones, and at the end of a run a bridge that is not
+///   connected is still dialing or waiting for a due Backoff.
+#[derive(Debug, Default)]
+pub struct BackoffCheck {
+    bridges: BTreeMap<(HostId, usize), BridgeTrack>,
+    /// Totals over all bridges, for summaries.
+    pub dials: u64,
+    pub backoffs: u64,
+    /// Losses after a stable link (the schedule restarted from the base).
+    pub resets: u64,
+    pub losses: u64,
+    pub fatals: u64,
+}
+
+#[derive(Debug)]
+struct BridgeTrack {
+    name: String,
+    policy: ReconnectPolicy,
+    fail_fast: bool,
+    transports: usize,
+    connect_timeout: Duration,
+    predictor: Backoff,
+    prev_delay: Duration,
+    state: &'static str,
+    connected_since: Option<Instant>,
+    backoff_until: Option<Instant>,
+    attempt: u32,
+    last_dial: Option<Instant>,
+    consecutive_failures: u32,
+}
+
+impl BackoffCheck {
+    /// Track bridge `index` of the node on `host`, before it starts.
+    pub fn register(&mut self, host: HostId, index: usize, config: &BridgeConfig) {
+        let policy = config.reconnect.clone();
+        self.bridges.insert(
+            (host, index),
+            BridgeTrack {
+                name: config.name.clone(),
+                predictor: Backoff::new(&policy, config.seed),
+                prev_delay: policy.base.min(policy.cap),
+                policy,
+                fail_fast: config.fail_fast,
+                transports: config.transports.len(),
+                connect_timeout: config.connect_timeout,
+                state: "idle",
+                connected_since: None,
+                backoff_until: None,
+                attempt: 0,
+                last_dial: None,
+                consecutive_failures: 0,
+            },
+        );
+    }
+
+    /// The bridge emitted `Dial { attempt }` at `now`.
+    pub fn dial(
+        &mut self,
+        problems: &mut Vec<String>,
+        base: Instant,
+        (host, index): (HostId, usize),
+        attempt: u32,
+        now: Instant,
+    ) {
+        let t = |i: Instant| i.saturating_duration_since(base).as_secs_f64();
+        let Some(b) = self.bridges.get_mut(&(host, index)) else {
+            return;
+        };
+        self.dials += 1;
+        let who = format!("+{:.6}s host{} bridge {:?}", t(now), host.0, b.name);
+        if attempt == b.attempt + 1 {
+            if b.attempt > 0 {
+                match b.backoff_until.take() {
+                    Some(until) if now < until => problems.push(format!(
+                        "{who}: attempt {attempt} dialed {:?} before its backoff ended at +{:.6}s (reconnect storm)",
+                        until - now,
+                        t(until)
+                    )),
+                    Some(until) if now > until => problems.push(format!(
+                        "{who}: attempt {attempt} dialed {:?} after its backoff ended at +{:.6}s",
+                        now - until,
+                        t(until)
+                    )),
+                    Some(_) => {}
+                    None => problems.push(format!(
+                        "{who}: attempt {attempt} dialed without a backoff first"
+                    )),
+                }
+            }
+        } else if !(attempt == b.attempt && b.transports > 1) {
+            problems.push(format!(
+                "{who}: dial of attempt {attempt} after attempt {} ({} transports)",
+                b.attempt, b.transports
+            ));
+        }
+        b.attempt = attempt;
+        b.last_dial = Some(now);
+    }
+
+    /// The bridge changed state at `now`.
+    pub fn state_changed(
+        &mut self,
+        problems: &mut Vec<String>,
+        base: Instant,
+        (host, index): (HostId, usize),
+        from: &BridgeState,
+        to: &BridgeState,
+        now: Instant,
+    ) {
+        let t = |i: Instant| i.saturating_duration_since(base).as_secs_f64();
+        let Some(b) = self.bridges.get_mut(&(host, index)) else {
+            return;
+        };
+        let who = format!("+{:.6}s host{} bridge {:?}", t(now), host.0, b.name);
+        if from.name() != b.state {
+            problems.push(format!(
+                "{who}: state change from {} but the last change went to {}",
+                from.name(),
+                b.state
+            ));
+        }
+        b.state = to.name();
+        let attempt_failed = matches!(
+            from,
+            BridgeState::Dialing { .. } | BridgeState::Handshaking { .. }
+        );
+        match to {
+            BridgeState::Connected { .. } => {
+                b.connected_since = Some(now);
+                b.consecutive_failures = 0;
+            }
+            BridgeState::Backoff { until } => {
+                self.backoffs += 1;
+                if attempt_failed {
+                    b.consecutive_failures += 1;
+                    if b.fail_fast {
+                        problems.push(format!(
+                            "{who}: fail_fast, but a failed attempt went to backoff instead of failed"
+                        ));
+                    }
+                    if b.policy
+                        .max_attempts
+                        .is_some_and(|m| b.consecutive_failures >= m)
+                    {
+                        problems.push(format!(
+                            "{who}: {} consecutive failed attempts and still retrying (max_attempts {:?})",
+                            b.consecutive_failures, b.policy.max_attempts
+                        ));
+                    }
+                } else if let Some(since) = b.connected_since.take() {
+                    self.losses += 1;
+                    // Mosquitto's rule: only a link that stayed up for
+                    // `stable` earns the base delay again.
+                    if now.saturating_duration_since(since) >= b.policy.stable {
+                        self.resets += 1;
+                        b.predictor.reset();
+                        b.prev_delay = b.policy.base.min(b.policy.cap);
+                    }
+                }
+                let delay = until.saturating_duration_since(now);
+                let expected = b.predictor.next_delay();
+                if delay != expected {
+                    problems.push(format!(
+                        "{who}: backoff of {delay:?}, the policy and seed give {expected:?}"
+                    ));
+                }
+                let lo = b.policy.base.min(b.policy.cap);
+                let hi = b.policy.cap.min(b.prev_delay.saturating_mul(3).max(lo));
+                if delay < lo || delay > hi {
+                    problems.push(format!(
+                        "{who}: backoff of {delay:?} outside {lo:?}..={hi:?} (base, min(cap, 3 x previous {:?}))",
+                        b.prev_delay
+                    ));
+                }
+                b.prev_delay = delay;
+                b.backoff_until = Some(*until);
+            }
+            BridgeState::Failed => {
+                self.fatals += 1;
+                let failures = b.consecutive_failures + u32::from(attempt_failed);
+                let allowed =
+                    attempt_failed && (b.fail_fast || b.policy.max_attempts == Some(failures));
+                if !allowed {
+                    problems.push(format!(
+                        "{who}: gave up after {failures} consecutive failed attempts (fail_fast {}, max_attempts {:?})",
+                        b.fail_fast, b.policy.max_attempts
+                    ));
+                }
+            }
+            BridgeState::Stopped => b.backoff_until = None,
+            BridgeState::Idle | BridgeState::Dialing { .. } | BridgeState::Handshaking { .. } => {
+                if matches!(from, BridgeState::Connected { .. }) {
+                    problems.push(format!(
+                        "{who}: connected -> {} without a backoff",
+                        to.name()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// At the end of a run: a bridge that is not connected, failed or
+    /// stopped is still trying.
+    pub fn finish(&self, problems: &mut Vec<String>, base: Instant, now: Instant) {
+        let t = |i: Instant| i.saturating_duration_since(base).as_secs_f64();
+        for ((host, _), b) in &self.bridges {
+            let who = format!("host{} bridge {:?}", host.0, b.name);
+            let dial_overdue = b
+                .last_dial
+                .is_none_or(|d| now.saturating_duration_since(d) > b.connect_timeout);
+            let backoff_overdue = b.backoff_until.is_none_or(|u| u < now);
+            match b.state {
+                "dialing" | "handshaking" if dial_overdue => problems.push(format!(
+                    "{who} is {} at +{:.6}s, its last dial was longer than the connect timeout ago",
+                    b.state,
+                    t(now)
+                )),
+                "backoff" if backoff_overdue => problems.push(format!(
+                    "{who} stopped trying: in backoff at +{:.6}s past its end",
+                    t(now)
+                )),
+                "idle" => problems.push(format!("{who} never started")),
+                _ => {}
+            }
+        }
+    }
+
+    /// (host, bridge index, state name) of every tracked bridge.
+    pub fn states(&self) -> Vec<(HostId, usize, &'static str)> {
+        self.bridges
+            .iter()
+            .map(|((h, i), b)| (*h, *i, b.state))
+            .collect()
     }
 }

@@ -8,8 +8,10 @@
 //!   advances to the earliest of: a node's `poll_timeout`, a network delivery,
 //!   a scheduled scenario action; calls the node and drains its outputs.
 //!   A step budget fails loudly on livelock (too many steps at one instant).
-//! - A host runs one [`Node`]: [`BrokerNode`], [`ClientNode`], and (next) a
-//!   bridge node or QUIC endpoints; a node sees the network only through
+//! - A host runs one [`Node`]: [`BrokerNode`], [`ClientNode`],
+//!   [`BridgedBrokerNode`] (a `mqtt_core::node::Node`: a broker and its
+//!   bridges, whose transports are simulated connections to other hosts),
+//!   and (next) QUIC endpoints; a node sees the network only through
 //!   [`Cx`] (dial, send, close, reset) and [`NetEvent`]s.
 //! - [`Network`]: stream connections with per-link latency, jitter and
 //!   stalls (never loss or reordering within a stream), partitions that hold
@@ -17,7 +19,8 @@
 //!   peers that vanish without FIN, and resets.
 //! - [`Checks`]: invariants every scenario gets: the QoS contract and
 //!   per-publisher order ([`Ledger`]), keepalive expiry exactly at last
-//!   packet + 1.5 x keep alive ([`KeepaliveCheck`]).
+//!   packet + 1.5 x keep alive ([`KeepaliveCheck`]), bridges' reconnect
+//!   schedule and no reconnect storm ([`BackoffCheck`]).
 //! - [`scenario`]: the random-scenario generator behind `cargo xtask sim`.
 //!
 //! A failing run prints its seed and the command that replays it; the trace
@@ -26,17 +29,21 @@
 //! [`Broker`]: mqtt_core::broker::Broker
 //! [`Client`]: mqtt_core::client::Client
 
+mod bridge_node;
 mod check;
 mod net;
 mod nodes;
+pub mod quic;
 pub mod scenario;
 mod world;
 
-pub use check::{Checks, KeepaliveCheck, KeepaliveExpiry, Ledger, MsgId};
+pub use bridge_node::{BridgeRecord, BridgedBrokerNode, DialRecord, StateRecord};
+pub use check::{BackoffCheck, Checks, KeepaliveCheck, KeepaliveExpiry, Ledger, MsgId};
 pub use net::{
     ConnId, DatagramConfig, HostId, LinkConfig, NetEvent, Network, PartitionKind, SockId,
 };
 pub use nodes::{BrokerNode, ClientNode, ReconnectPolicy};
+pub use quic::{QuicStats, SimQuic};
 pub use world::{describe_packets, Cx, Failure, Node, Trace, World};
 
 use rand_xoshiro::rand_core::{Rng, SeedableRng};

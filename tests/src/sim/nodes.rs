@@ -1,5 +1,6 @@
-//! The nodes the simulator runs today: a broker host and a client host,
-//! each the real mqtt-core state machine behind the [`Node`] trait.
+//! The broker host and the client host, each the real mqtt-core state
+//! machine behind the [`Node`] trait, and the listening side both broker
+//! hosts share (the bridged broker host is in `bridge_node.rs`).
 
 use std::any::Any;
 use std::collections::{BTreeMap, VecDeque};
@@ -16,40 +17,195 @@ use super::check::{Checks, MsgId};
 use super::net::{HostId, NetEvent, SockId};
 use super::world::{Cx, Node};
 
-/// A host running the real [`Broker`]; it accepts every connection the
-/// network lets through. Connection ids are the socket ids.
-pub struct BrokerNode {
-    pub broker: Broker,
+/// What a host needs from the core it runs to serve client connections:
+/// [`Broker`] itself, or a [`mqtt_core::node::Node`] (broker + bridges).
+pub(super) trait BrokerCore {
+    fn opened(&mut self, conn: ConnectionId, info: ConnectionInfo, now: Instant);
+    fn read(&mut self, conn: ConnectionId, buf: &mut BytesMut, now: Instant);
+    fn closed(&mut self, conn: ConnectionId, now: Instant);
+}
+
+impl BrokerCore for Broker {
+    fn opened(&mut self, conn: ConnectionId, info: ConnectionInfo, now: Instant) {
+        self.handle_connection_opened(conn, info, now);
+    }
+    fn read(&mut self, conn: ConnectionId, buf: &mut BytesMut, now: Instant) {
+        self.handle_read(conn, buf, now);
+    }
+    fn closed(&mut self, conn: ConnectionId, now: Instant) {
+        self.handle_connection_closed(conn, now);
+    }
+}
+
+impl BrokerCore for mqtt_core::node::Node {
+    fn opened(&mut self, conn: ConnectionId, info: ConnectionInfo, now: Instant) {
+        self.handle_connection_opened(conn, info, now);
+    }
+    fn read(&mut self, conn: ConnectionId, buf: &mut BytesMut, now: Instant) {
+        self.handle_read(conn, buf, now);
+    }
+    fn closed(&mut self, conn: ConnectionId, now: Instant) {
+        self.handle_connection_closed(conn, now);
+    }
+}
+
+/// The listening side of a broker host, shared by [`BrokerNode`] and
+/// [`super::BridgedBrokerNode`]: accepted sockets are connections (ids are
+/// the socket ids), their bytes and closes go to the core, the core's
+/// events close them and feed the keepalive check.
+#[derive(Debug, Default)]
+pub(super) struct Listener {
     rx: BTreeMap<ConnectionId, BytesMut>,
-    /// Disconnect reasons seen, by kind, for summaries.
+    /// Disconnect reasons seen, by kind.
     pub disconnects: BTreeMap<&'static str, u64>,
 }
 
-impl BrokerNode {
-    pub fn new(config: BrokerConfig, base: Instant) -> Self {
-        Self {
-            broker: Broker::new(config, base),
-            rx: BTreeMap::new(),
-            disconnects: BTreeMap::new(),
+impl Listener {
+    /// Handle a network event if it is about a client connection; false if
+    /// it is not (a socket the host dialed itself).
+    pub fn on_net(
+        &mut self,
+        core: &mut impl BrokerCore,
+        event: &NetEvent,
+        cx: &mut Cx<'_>,
+    ) -> bool {
+        match event {
+            NetEvent::Accepted { sock, peer } => {
+                let conn = ConnectionId(sock.0);
+                self.rx.insert(conn, BytesMut::new());
+                cx.checks.keepalive.opened(cx.host, conn, cx.now);
+                let info = ConnectionInfo {
+                    peer: Some(peer.addr(40_000)),
+                    listener: "tcp".to_owned(),
+                };
+                core.opened(conn, info, cx.now);
+                true
+            }
+            NetEvent::Data { sock, data } => {
+                let conn = ConnectionId(sock.0);
+                let Some(buf) = self.rx.get_mut(&conn) else {
+                    return false;
+                };
+                buf.extend_from_slice(data);
+                let before = buf.len();
+                core.read(conn, buf, cx.now);
+                // handle_read consumes only complete packets: a shorter
+                // buffer means a packet arrived now.
+                if buf.len() < before {
+                    cx.checks.keepalive.packet(cx.host, conn, cx.now);
+                }
+                true
+            }
+            NetEvent::Closed { sock, .. } => {
+                let conn = ConnectionId(sock.0);
+                if self.rx.remove(&conn).is_some() {
+                    cx.checks.keepalive.closed(cx.host, conn);
+                    core.closed(conn, cx.now);
+                    true
+                } else {
+                    false
+                }
+            }
+            NetEvent::Connected { .. }
+            | NetEvent::DialFailed { .. }
+            | NetEvent::Datagram { .. } => false,
         }
     }
 
-    /// The broker is done with `conn`: FIN after its last bytes.
-    fn close(&mut self, conn: ConnectionId, cx: &mut Cx<'_>) {
+    pub fn is_open(&self, conn: ConnectionId) -> bool {
+        self.rx.contains_key(&conn)
+    }
+
+    /// The core is done with `conn`: FIN after its last bytes.
+    pub fn close(&mut self, conn: ConnectionId, cx: &mut Cx<'_>) {
         if self.rx.remove(&conn).is_some() {
             cx.checks.keepalive.closed(cx.host, conn);
             cx.close(SockId(conn.0));
         }
     }
 
-    fn reason_kind(reason: &DisconnectReason) -> &'static str {
-        match reason {
-            DisconnectReason::KeepAliveTimeout { .. } => "keepalive",
-            DisconnectReason::ClientDisconnect { .. } => "client-disconnect",
-            DisconnectReason::TransportClosed => "transport-closed",
-            DisconnectReason::SessionTakenOver { .. } => "takeover",
-            _ => "other",
+    /// The host resets `conn` (RST; data in flight is lost). The caller
+    /// tells the core.
+    pub fn reset(&mut self, conn: ConnectionId, cx: &mut Cx<'_>) -> bool {
+        if self.rx.remove(&conn).is_some() {
+            cx.checks.keepalive.closed(cx.host, conn);
+            cx.reset(SockId(conn.0));
+            true
+        } else {
+            false
         }
+    }
+
+    /// Act on one broker event.
+    pub fn on_event(&mut self, ev: Event, cx: &mut Cx<'_>) {
+        match ev {
+            Event::CloseConnection { conn, .. } => self.close(conn, cx),
+            Event::ClientConnected {
+                conn,
+                client_id,
+                keep_alive,
+                ..
+            } => cx
+                .checks
+                .keepalive
+                .connected(cx.host, conn, &client_id, keep_alive),
+            Event::ClientDisconnected { conn, reason, .. } => {
+                *self.disconnects.entry(reason_kind(&reason)).or_default() += 1;
+                if let DisconnectReason::KeepAliveTimeout {
+                    keep_alive,
+                    last_packet,
+                    deadline,
+                } = reason
+                {
+                    cx.note("ka-expiry", conn.0, u64::from(keep_alive));
+                    let Checks {
+                        problems,
+                        keepalive,
+                        ..
+                    } = &mut *cx.checks;
+                    keepalive.expired(
+                        problems,
+                        cx.base,
+                        cx.host,
+                        conn,
+                        (keep_alive, last_packet, deadline),
+                        cx.now,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn reason_kind(reason: &DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::KeepAliveTimeout { .. } => "keepalive",
+        DisconnectReason::ClientDisconnect { .. } => "client-disconnect",
+        DisconnectReason::TransportClosed => "transport-closed",
+        DisconnectReason::SessionTakenOver { .. } => "takeover",
+        _ => "other",
+    }
+}
+
+/// A host running the real [`Broker`]; it accepts every connection the
+/// network lets through. Connection ids are the socket ids.
+pub struct BrokerNode {
+    pub broker: Broker,
+    listener: Listener,
+}
+
+impl BrokerNode {
+    pub fn new(config: BrokerConfig, base: Instant) -> Self {
+        Self {
+            broker: Broker::new(config, base),
+            listener: Listener::default(),
+        }
+    }
+
+    /// Disconnect reasons seen, by kind, for summaries.
+    pub fn disconnects(&self) -> &BTreeMap<&'static str, u64> {
+        &self.listener.disconnects
     }
 }
 
@@ -63,42 +219,7 @@ impl Node for BrokerNode {
     }
 
     fn handle_net(&mut self, event: NetEvent, cx: &mut Cx<'_>) {
-        match event {
-            NetEvent::Accepted { sock, peer } => {
-                let conn = ConnectionId(sock.0);
-                self.rx.insert(conn, BytesMut::new());
-                cx.checks.keepalive.opened(cx.host, conn, cx.now);
-                let info = ConnectionInfo {
-                    peer: Some(peer.addr(40_000)),
-                    listener: "tcp".to_owned(),
-                };
-                self.broker.handle_connection_opened(conn, info, cx.now);
-            }
-            NetEvent::Data { sock, data } => {
-                let conn = ConnectionId(sock.0);
-                let Some(buf) = self.rx.get_mut(&conn) else {
-                    return;
-                };
-                buf.extend_from_slice(&data);
-                let before = buf.len();
-                self.broker.handle_read(conn, buf, cx.now);
-                // handle_read consumes only complete packets: a shorter
-                // buffer means a packet arrived now.
-                if buf.len() < before {
-                    cx.checks.keepalive.packet(cx.host, conn, cx.now);
-                }
-            }
-            NetEvent::Closed { sock, .. } => {
-                let conn = ConnectionId(sock.0);
-                if self.rx.remove(&conn).is_some() {
-                    cx.checks.keepalive.closed(cx.host, conn);
-                    self.broker.handle_connection_closed(conn, cx.now);
-                }
-            }
-            NetEvent::Connected { .. }
-            | NetEvent::DialFailed { .. }
-            | NetEvent::Datagram { .. } => {}
-        }
+        self.listener.on_net(&mut self.broker, &event, cx);
     }
 
     fn drain(&mut self, cx: &mut Cx<'_>) {
@@ -112,46 +233,7 @@ impl Node for BrokerNode {
             }
             while let Some(ev) = self.broker.poll_event() {
                 busy = true;
-                match ev {
-                    Event::CloseConnection { conn, .. } => self.close(conn, cx),
-                    Event::ClientConnected {
-                        conn,
-                        client_id,
-                        keep_alive,
-                        ..
-                    } => cx
-                        .checks
-                        .keepalive
-                        .connected(cx.host, conn, &client_id, keep_alive),
-                    Event::ClientDisconnected { conn, reason, .. } => {
-                        *self
-                            .disconnects
-                            .entry(Self::reason_kind(&reason))
-                            .or_default() += 1;
-                        if let DisconnectReason::KeepAliveTimeout {
-                            keep_alive,
-                            last_packet,
-                            deadline,
-                        } = reason
-                        {
-                            cx.note("ka-expiry", conn.0, u64::from(keep_alive));
-                            let Checks {
-                                problems,
-                                keepalive,
-                                ..
-                            } = &mut *cx.checks;
-                            keepalive.expired(
-                                problems,
-                                cx.base,
-                                cx.host,
-                                conn,
-                                (keep_alive, last_packet, deadline),
-                                cx.now,
-                            );
-                        }
-                    }
-                    _ => {}
-                }
+                self.listener.on_event(ev, cx);
             }
             if !busy {
                 return;

@@ -403,6 +403,12 @@ impl World {
         self.steps
     }
 
+    /// The id the next [`World::add_host`] returns (to set a partition or
+    /// link before a node that dials at once is added).
+    pub fn next_host(&self) -> HostId {
+        HostId(self.nodes.len() as u32)
+    }
+
     /// Add a host running `node`; `listening` = accepts dials.
     pub fn add_host(&mut self, node: Box<dyn Node>, listening: bool) -> HostId {
         let host = self.net.add_host(listening);
