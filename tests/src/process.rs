@@ -86,6 +86,29 @@ impl Drop for TempDir {
     }
 }
 
+/// Which runtime drives the broker (`sansmq start --runtime ...`). The
+/// end-to-end suites run one body under each (see
+/// [`runtime_matrix!`](crate::runtime_matrix)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// rt-smol (async; the binary's default).
+    Smol,
+    /// rt-std (plain threads).
+    Std,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 2] = [Runtime::Smol, Runtime::Std];
+
+    /// The value of `--runtime`.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Runtime::Smol => "smol",
+            Runtime::Std => "std",
+        }
+    }
+}
+
 /// A running `sansmq start`.
 pub struct Sansmq {
     child: Child,
@@ -112,17 +135,36 @@ impl Sansmq {
         Self::start(bin, None, &[])
     }
 
-    /// `sansmq start --port 0 [--config <file with config_toml>] <args>`,
-    /// logging at info (debug for rt_smol) whatever RUST_LOG says. Returns
-    /// once the broker logged its listening address and that port accepts.
+    /// [`Self::start_default`] on the given runtime.
+    pub fn start_default_on(runtime: Runtime, bin: &Path) -> Self {
+        Self::start_on(runtime, bin, None, &[])
+    }
+
+    /// `sansmq start --port 0 [--config <file with config_toml>] <args>`
+    /// on the default runtime (rt-smol); see [`Self::start_on`].
     pub fn start(bin: &Path, config_toml: Option<&str>, args: &[&str]) -> Self {
+        Self::start_on(Runtime::Smol, bin, config_toml, args)
+    }
+
+    /// `sansmq start --runtime <runtime> --port 0 [--config <file with
+    /// config_toml>] <args>`, logging at info (debug for the runtime
+    /// crates) whatever RUST_LOG says. Returns once the broker logged its
+    /// listening address and that port accepts.
+    pub fn start_on(
+        runtime: Runtime,
+        bin: &Path,
+        config_toml: Option<&str>,
+        args: &[&str],
+    ) -> Self {
         let dir = TempDir::new("broker");
         let mut cmd = Command::new(bin);
         cmd.arg("start")
+            .arg("--runtime")
+            .arg(runtime.arg())
             .arg("--port")
             .arg("0")
             .arg("--log-level")
-            .arg("info,rt_smol=debug");
+            .arg("info,rt_smol=debug,rt_std=debug");
         if let Some(toml) = config_toml {
             cmd.arg("--config").arg(dir.file("sansmq.toml", toml));
         }

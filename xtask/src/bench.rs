@@ -4,13 +4,12 @@
 //! (benches/benches/<name>.rs), run with
 //! `cargo bench -p sansmq-benches --bench <name> -- <args>`.
 //!
-//! Later issues add benchmarks that are not criterion benches (the broker
-//! binary against Mosquitto and other brokers on loopback, QUIC vs TCP
-//! bridges): give each an entry in [`SYSTEM_BENCHES`] with its own runner
-//! and flags (`--runtime std`, ...). A system bench takes precedence over a
-//! criterion bench of the same name, so when `bench broker` becomes the
-//! side-by-side broker comparison, the criterion bench of the broker core
-//! should be renamed (e.g. `broker-core`).
+//! Benchmarks that are not criterion benches (the broker binary against
+//! Mosquitto and other brokers on loopback, later QUIC vs TCP bridges) have
+//! an entry in [`SYSTEM_BENCHES`] with their own runner and flags. A system
+//! bench takes precedence over a criterion bench of the same name; the
+//! criterion bench of the broker core (benches/benches/broker.rs) is
+//! therefore `broker-core` here (see [`RENAMED`]).
 
 use crate::util::{self, err, Result};
 
@@ -22,10 +21,32 @@ pub struct SystemBench {
     pub run: fn(&[String]) -> Result<()>,
 }
 
-/// None yet: the runtime issue adds `broker` here.
-pub const SYSTEM_BENCHES: &[SystemBench] = &[];
+pub const SYSTEM_BENCHES: &[SystemBench] = &[
+    SystemBench {
+        name: "broker",
+        about: "sansmq vs Mosquitto (and rumqttd) on loopback: cargo xtask bench broker --help",
+        run: crate::bench_broker::run_cli,
+    },
+    SystemBench {
+        name: "quic",
+        about: "QUIC vs TCP bridge, loopback and netem: cargo xtask bench quic --help",
+        run: crate::bench_quic::run_cli,
+    },
+];
 
-/// The criterion benches present: benches/benches/*.rs file stems.
+/// Criterion benches whose xtask name differs from their file stem:
+/// (name, file stem).
+const RENAMED: &[(&str, &str)] = &[("broker-core", "broker")];
+
+fn file_stem_of(name: &str) -> &str {
+    RENAMED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(name, |(_, stem)| stem)
+}
+
+/// The criterion benches present, by xtask name (benches/benches/*.rs file
+/// stems, renamed per [`RENAMED`]).
 pub fn criterion_benches() -> Result<Vec<String>> {
     let dir = util::repo_root().join("benches/benches");
     if !dir.is_dir() {
@@ -35,6 +56,12 @@ pub fn criterion_benches() -> Result<Vec<String>> {
         .iter()
         .filter(|p| p.parent() == Some(dir.as_path()))
         .filter_map(|p| Some(p.file_stem()?.to_str()?.to_owned()))
+        .map(|stem| {
+            RENAMED
+                .iter()
+                .find(|(_, s)| *s == stem)
+                .map_or(stem.clone(), |(name, _)| (*name).to_owned())
+        })
         .collect();
     names.sort();
     Ok(names)
@@ -64,7 +91,14 @@ pub fn run_cli(args: &[String]) -> Result<()> {
     let passthrough = rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest);
     util::run(
         util::cargo()
-            .args(["bench", "-p", "sansmq-benches", "--bench", name, "--"])
+            .args([
+                "bench",
+                "-p",
+                "sansmq-benches",
+                "--bench",
+                file_stem_of(name),
+                "--",
+            ])
             .args(passthrough),
     )
 }

@@ -144,7 +144,7 @@ const SYSTEM_TOOLS: [(&str, &str); 4] = [
 /// Install whatever the end-to-end tests need and is missing, with apt-get
 /// (sudo when not root). The tests never skip for a missing tool, so a
 /// machine where this cannot work fails here, loudly, naming the package.
-fn system_tools() -> Result<()> {
+pub(crate) fn system_tools() -> Result<()> {
     let on_path = |program: &str| {
         std::env::var_os("PATH").is_some_and(|paths| {
             std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())

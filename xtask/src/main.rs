@@ -4,6 +4,8 @@
 
 mod arch;
 mod bench;
+mod bench_broker;
+mod bench_quic;
 mod ci;
 mod fuzz;
 mod sim;

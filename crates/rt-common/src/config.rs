@@ -120,10 +120,12 @@ impl Default for RuntimeConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
-    /// MQTT over plain TCP (the only transport of this version; TLS and
-    /// QUIC slot in here later).
+    /// MQTT over plain TCP.
     #[default]
     Tcp,
+    /// MQTT over QUIC (UDP): TLS 1.3, ALPN "mqtt", one bidirectional
+    /// stream per connection; needs `cert` and `key`.
+    Quic,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +137,13 @@ pub struct ListenerConfig {
     pub bind: IpAddr,
     /// 0 = any free port (the chosen one is logged).
     pub port: u16,
+    /// QUIC: PEM certificate chain presented to clients ("" = none).
+    pub cert: String,
+    /// QUIC: PEM private key of `cert` ("" = none).
+    pub key: String,
+    /// QUIC: PEM CA certificates client certificates must chain to; ""
+    /// = clients are not asked for a certificate.
+    pub client_ca: String,
 }
 
 impl Default for ListenerConfig {
@@ -144,6 +153,9 @@ impl Default for ListenerConfig {
             transport: Transport::Tcp,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 1883,
+            cert: String::new(),
+            key: String::new(),
+            client_ca: String::new(),
         }
     }
 }
@@ -437,11 +449,53 @@ pub struct BridgeSection {
     pub cache_max_bytes: usize,
     pub max_inflight: u16,
     pub seed: u64,
+    /// QUIC keys (NanoMQ's names): used when `transports` has "quic".
+    #[serde(with = "opt_duration")]
+    pub quic_keepalive: Option<Duration>,
+    #[serde(with = "duration")]
+    pub quic_idle_timeout: Duration,
+    #[serde(with = "duration")]
+    pub quic_handshake_timeout: Duration,
+    pub quic_initial_rtt_ms: u64,
+    pub quic_max_ack_delay_ms: u64,
+    pub quic_0rtt: bool,
+    pub quic_qos_priority: bool,
+    /// PEM CA certificates the remote's certificate must chain to.
+    pub cacertfile: String,
+    /// PEM client certificate chain and key, for remotes that verify
+    /// clients ("" = none).
+    pub certfile: String,
+    pub keyfile: String,
+    /// Accept any server certificate (encryption without authentication).
+    pub insecure_skip_verify: bool,
+    /// Name checked against the remote's certificate; "" = the host part
+    /// of the address being dialed.
+    pub server_name: String,
+}
+
+/// NanoMQ's defaults for its bridge keys of the same names (and
+/// `mqtt_quic::QuicSettings::default()`; rt-smol checks they agree).
+pub mod quic_defaults {
+    use std::time::Duration;
+    pub const KEEPALIVE: Duration = Duration::from_secs(120);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const INITIAL_RTT_MS: u64 = 800;
+    pub const MAX_ACK_DELAY_MS: u64 = 100;
+    pub const ZERO_RTT: bool = true;
+    pub const QOS_PRIORITY: bool = true;
 }
 
 impl Default for BridgeSection {
     fn default() -> Self {
         Self::from(BridgeConfig::default())
+    }
+}
+
+impl BridgeSection {
+    /// Whether any of its transports is QUIC.
+    pub fn uses_quic(&self) -> bool {
+        self.transports.contains(&BridgeTransportName::Quic)
     }
 }
 
@@ -527,6 +581,18 @@ impl From<BridgeConfig> for BridgeSection {
             cache_max_bytes,
             max_inflight,
             seed,
+            quic_keepalive: Some(quic_defaults::KEEPALIVE),
+            quic_idle_timeout: quic_defaults::IDLE_TIMEOUT,
+            quic_handshake_timeout: quic_defaults::HANDSHAKE_TIMEOUT,
+            quic_initial_rtt_ms: quic_defaults::INITIAL_RTT_MS,
+            quic_max_ack_delay_ms: quic_defaults::MAX_ACK_DELAY_MS,
+            quic_0rtt: quic_defaults::ZERO_RTT,
+            quic_qos_priority: quic_defaults::QOS_PRIORITY,
+            cacertfile: String::new(),
+            certfile: String::new(),
+            keyfile: String::new(),
+            insecure_skip_verify: false,
+            server_name: String::new(),
         }
     }
 }
@@ -664,6 +730,32 @@ impl Config {
                     format!("duplicate listener name {:?}", l.name),
                 );
             }
+            match l.transport {
+                Transport::Quic => {
+                    for (key, v) in [("cert", &l.cert), ("key", &l.key)] {
+                        if v.is_empty() {
+                            return bad(
+                                &format!("listeners[{i}].{key}"),
+                                "a quic listener needs a PEM certificate chain (cert) and key (key)",
+                            );
+                        }
+                    }
+                }
+                Transport::Tcp => {
+                    for (key, v) in [
+                        ("cert", &l.cert),
+                        ("key", &l.key),
+                        ("client_ca", &l.client_ca),
+                    ] {
+                        if !v.is_empty() {
+                            return bad(
+                                &format!("listeners[{i}].{key}"),
+                                "only a quic listener takes certificates (TLS over TCP is not available)",
+                            );
+                        }
+                    }
+                }
+            }
         }
         let b = &self.broker;
         if !b.keepalive_multiplier.is_finite() || b.keepalive_multiplier < 1.0 {
@@ -733,6 +825,38 @@ impl Config {
             if br.max_inflight == 0 {
                 return bad(&at("max_inflight"), "must be at least 1");
             }
+            if br.uses_quic() {
+                if br.cacertfile.is_empty() && !br.insecure_skip_verify {
+                    return bad(
+                        &at("cacertfile"),
+                        "a quic transport verifies the remote's certificate: set cacertfile \
+                         (PEM CA certificates) or, for tests only, insecure_skip_verify = true",
+                    );
+                }
+                if br.quic_handshake_timeout.is_zero() {
+                    return bad(&at("quic_handshake_timeout"), "must be more than 0");
+                }
+                if br.quic_initial_rtt_ms == 0 || br.quic_initial_rtt_ms > 60_000 {
+                    return bad(
+                        &at("quic_initial_rtt_ms"),
+                        format!("must be 1..=60000 ms, got {}", br.quic_initial_rtt_ms),
+                    );
+                }
+                if br.quic_max_ack_delay_ms >= 1 << 14 {
+                    return bad(
+                        &at("quic_max_ack_delay_ms"),
+                        format!("must be below 16384 ms, got {}", br.quic_max_ack_delay_ms),
+                    );
+                }
+            }
+            if br.certfile.is_empty() != br.keyfile.is_empty() {
+                let key = if br.certfile.is_empty() {
+                    "certfile"
+                } else {
+                    "keyfile"
+                };
+                return bad(&at(key), "certfile and keyfile go together");
+            }
             // The core's own checks (filters, reconnect policy, client settings).
             if let Err(e) =
                 mqtt_core::bridge::Bridge::new(br.to_bridge_config(), std::time::Instant::now())
@@ -770,7 +894,8 @@ const DOCS: &[(&str, &str)] = &[
     ("listeners.name", "Name shown in logs."),
     (
         "listeners.transport",
-        "\"tcp\" (MQTT over TCP) is the only transport in this version.",
+        "\"tcp\" (MQTT over TCP) or \"quic\" (MQTT over QUIC on UDP: TLS 1.3, ALPN \"mqtt\",\n\
+         one bidirectional stream per connection; needs cert and key).",
     ),
     (
         "listeners.bind",
@@ -778,7 +903,20 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "listeners.port",
-        "TCP port; 0 = any free port (the chosen one is logged).",
+        "TCP (or, for quic, UDP) port; 0 = any free port (the chosen one is logged).",
+    ),
+    (
+        "listeners.cert",
+        "quic: PEM certificate chain the listener presents (\"\" = none).",
+    ),
+    (
+        "listeners.key",
+        "quic: PEM private key of cert (\"\" = none).",
+    ),
+    (
+        "listeners.client_ca",
+        "quic: PEM CA certificates client certificates must chain to; \"\" = clients\n\
+         are not asked for a certificate.",
     ),
     (
         "broker",
@@ -930,7 +1068,7 @@ const DOCS: &[(&str, &str)] = &[
 const BRIDGE_DOCS: &[(&str, &str)] = &[
     ("name", "Names the bridge in logs and $SYS/brokers/{node}/bridges/{name}/...;\nthe local client id is $bridge/{name}."),
     ("addresses", "Remote brokers as \"host:port\", one per connect attempt in rotation."),
-    ("transports", "Tried in order within one attempt (hybrid: the next one after a failure).\n\"tcp\"; \"tls\" and \"quic\" are not available in this version (they fail at once)."),
+    ("transports", "Tried in order within one attempt (hybrid: the next one after a failure,\nrefusal or handshake timeout; the first one again on the next attempt), e.g.\n[\"quic\", \"tcp\"]. \"tcp\" or \"quic\"; \"tls\" is not available in this version\n(it fails at once)."),
     ("client_id", "Client id on the remote; \"\" = \"sansmq-bridge-{name}\"."),
     ("username", "\"\" = none."),
     ("password", "\"\" = none."),
@@ -949,6 +1087,18 @@ const BRIDGE_DOCS: &[(&str, &str)] = &[
     ("cache_max_bytes", "Offline cache: topic + payload bytes."),
     ("max_inflight", "Outgoing QoS 1/2 in flight on the remote link."),
     ("seed", "Seeds the reconnect jitter."),
+    ("quic_keepalive", "quic: QUIC PING this often when idle (capped at half quic_idle_timeout);\n\"off\" = none. Independent of the MQTT keep_alive."),
+    ("quic_idle_timeout", "quic: close the QUIC connection after this long without a packet\n(the smaller of both sides' values applies)."),
+    ("quic_handshake_timeout", "quic: from dial to an open QUIC stream; then the next transport\nis tried (connect_timeout still bounds dial to CONNACK)."),
+    ("quic_initial_rtt_ms", "quic: round-trip time assumed before the first measurement, ms."),
+    ("quic_max_ack_delay_ms", "quic: largest ACK delay requested from the remote, ms (through the\nACK-frequency extension; remotes without it use their own); 0 = ask nothing."),
+    ("quic_0rtt", "quic: 0-RTT resumption: on reconnect, CONNECT travels in the first\nflight when the remote's session ticket allows."),
+    ("quic_qos_priority", "quic: QoS 1/2 and control packets before QoS 0. MQTT rides one stream,\nwhose order the bridge's client already gives control packets first;\nthis key keeps that meaning."),
+    ("cacertfile", "quic: PEM CA certificates the remote's certificate must chain to."),
+    ("certfile", "quic: PEM client certificate chain, for remotes that verify clients\n(\"\" = none)."),
+    ("keyfile", "quic: PEM private key of certfile."),
+    ("insecure_skip_verify", "quic: accept any remote certificate (no authentication; tests only).\nA warning is logged at start when set."),
+    ("server_name", "quic: name checked against the remote's certificate; \"\" = the host of the\naddress being dialed."),
     ("forwards", "Local messages to the remote: { filter, qos (default 1), remote_prefix,\nremote_topic (replaces the topic) }."),
     ("subscriptions", "Remote messages published locally: { filter, qos (default 1),\nlocal_prefix, local_topic (replaces the topic) }."),
 ];
@@ -1341,7 +1491,7 @@ mod tests {
     fn bridge_sections_map_to_the_core() {
         let c = Config::parse(
             "[[bridge]]\nname = \"a\"\naddresses = [\"127.0.0.1:1883\"]\n\
-             transports = [\"quic\", \"tcp\"]\nprotocol_version = \"3.1.1\"\n\
+             transports = [\"quic\", \"tcp\"]\ncacertfile = \"ca.pem\"\nprotocol_version = \"3.1.1\"\n\
              reconnect_base = \"200ms\"\nreconnect_cap = \"1s\"\nmax_attempts = 3\n\
              fail_fast = true\nusername = \"u\"\n\
              forwards = [{ filter = \"t/#\", remote_prefix = \"e/\" }]\n\
@@ -1408,6 +1558,119 @@ mod tests {
             let e = Config::parse(&text, "f.toml").expect_err(&text);
             assert!(e.to_string().contains(path), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn quic_listener_keys() {
+        let c = Config::parse(
+            "[[listeners]]\nname = \"quic\"\ntransport = \"quic\"\nport = 14567\n\
+             cert = \"/etc/sansmq/cert.pem\"\nkey = \"/etc/sansmq/key.pem\"\n\
+             client_ca = \"/etc/sansmq/ca.pem\"\n",
+            "f",
+        )
+        .expect("parses");
+        let l = &c.listeners[0];
+        assert_eq!(l.transport, Transport::Quic);
+        assert_eq!(l.port, 14567);
+        assert_eq!(l.cert, "/etc/sansmq/cert.pem");
+        assert_eq!(l.key, "/etc/sansmq/key.pem");
+        assert_eq!(l.client_ca, "/etc/sansmq/ca.pem");
+        let cases = [
+            (
+                "[[listeners]]\ntransport = \"quic\"\ncert = \"c.pem\"\n",
+                "listeners[0].key",
+            ),
+            ("[[listeners]]\ntransport = \"quic\"\n", "listeners[0].cert"),
+            ("[[listeners]]\ncert = \"c.pem\"\n", "listeners[0].cert"),
+            (
+                "[[listeners]]\nclient_ca = \"c.pem\"\n",
+                "listeners[0].client_ca",
+            ),
+            (
+                "[[listeners]]\ntransport = \"udp\"\n",
+                "listeners[0].transport",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = Config::parse(text, "f.toml").expect_err(text);
+            assert!(e.to_string().contains(path), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bridge_quic_keys_and_their_defaults() {
+        let d = BridgeSection::default();
+        assert_eq!(d.quic_keepalive, Some(Duration::from_secs(120)));
+        assert_eq!(d.quic_idle_timeout, Duration::from_secs(120));
+        assert_eq!(d.quic_handshake_timeout, Duration::from_secs(60));
+        assert_eq!(d.quic_initial_rtt_ms, 800);
+        assert_eq!(d.quic_max_ack_delay_ms, 100);
+        assert!(d.quic_0rtt && d.quic_qos_priority && !d.insecure_skip_verify);
+        let c = Config::parse(
+            "[[bridge]]\nname = \"a\"\naddresses = [\"cloud:14567\"]\n\
+             transports = [\"quic\", \"tcp\"]\nquic_keepalive = \"off\"\n\
+             quic_idle_timeout = \"30s\"\nquic_handshake_timeout = 5\n\
+             quic_initial_rtt_ms = 100\nquic_max_ack_delay_ms = 25\nquic_0rtt = false\n\
+             quic_qos_priority = false\ncacertfile = \"ca.pem\"\ncertfile = \"c.pem\"\n\
+             keyfile = \"k.pem\"\nserver_name = \"cloud.example\"\n",
+            "f",
+        )
+        .expect("parses");
+        let b = &c.bridges[0];
+        assert!(b.uses_quic());
+        assert_eq!(b.quic_keepalive, None);
+        assert_eq!(b.quic_idle_timeout, Duration::from_secs(30));
+        assert_eq!(b.quic_handshake_timeout, Duration::from_secs(5));
+        assert_eq!((b.quic_initial_rtt_ms, b.quic_max_ack_delay_ms), (100, 25));
+        assert!(!b.quic_0rtt && !b.quic_qos_priority);
+        assert_eq!(
+            (
+                b.cacertfile.as_str(),
+                b.certfile.as_str(),
+                b.keyfile.as_str()
+            ),
+            ("ca.pem", "c.pem", "k.pem")
+        );
+        assert_eq!(b.server_name, "cloud.example");
+        assert_eq!(
+            b.to_bridge_config().transports,
+            vec![BridgeTransport::Quic, BridgeTransport::Tcp]
+        );
+        let ok = "name = \"a\"\naddresses = [\"h:1\"]\ntransports = [\"quic\"]\n";
+        let cases = [
+            (format!("[[bridge]]\n{ok}"), "bridge[0].cacertfile"),
+            (
+                format!("[[bridge]]\n{ok}insecure_skip_verify = true\nquic_initial_rtt_ms = 0\n"),
+                "bridge[0].quic_initial_rtt_ms",
+            ),
+            (
+                format!("[[bridge]]\n{ok}cacertfile = \"ca\"\nquic_handshake_timeout = 0\n"),
+                "bridge[0].quic_handshake_timeout",
+            ),
+            (
+                format!("[[bridge]]\n{ok}cacertfile = \"ca\"\nquic_max_ack_delay_ms = 20000\n"),
+                "bridge[0].quic_max_ack_delay_ms",
+            ),
+            (
+                format!("[[bridge]]\n{ok}cacertfile = \"ca\"\ncertfile = \"c\"\n"),
+                "bridge[0].keyfile",
+            ),
+            (
+                format!("[[bridge]]\n{ok}cacertfile = \"ca\"\nquic_idle_timeout = \"soon\"\n"),
+                "bridge[0].quic_idle_timeout",
+            ),
+            (
+                format!("[[bridge]]\n{ok}cacertfile = \"ca\"\nquic_0rtt = \"yes\"\n"),
+                "bridge[0].quic_0rtt",
+            ),
+        ];
+        for (text, path) in cases {
+            let e = Config::parse(&text, "f.toml").expect_err(&text);
+            assert!(e.to_string().contains(path), "{text:?}: {e}");
+        }
+        // A tcp-only bridge needs no CA.
+        Config::parse("[[bridge]]\nname = \"a\"\naddresses = [\"h:1\"]\n", "f")
+            .expect("tcp bridge without CA parses");
     }
 
     #[test]

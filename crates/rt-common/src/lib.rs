@@ -4,12 +4,22 @@
 //! - [`config`]: the `sansmq.toml` file, parsed into the core's
 //!   `BrokerConfig` and `BridgeConfig` plus listener and runtime settings;
 //! - [`log`]: how the core's events, bridge state changes and drop counts
-//!   become log lines, so both runtimes say the same thing the same way.
+//!   become log lines, so both runtimes say the same thing the same way;
+//! - [`frame`]: splitting a connection's byte stream into packets for the
+//!   read paths (the core keeps every verdict on bytes that do not decode);
+//! - [`links`]: which transport of which bridge is current (generations),
+//!   so inputs from a closed link are ignored;
+//! - [`quic`]: QUIC endpoint setup from the config (certificates named by
+//!   it, bridge settings) and how a QUIC dial's end is reported.
 //!
 //! It must never hold protocol state or make a protocol decision (that is
 //! mqtt-core's), and never open a socket, spawn a thread or read a clock
 //! (that is the runtimes'): every function here gets `now` from its caller.
-//! The one file it reads is the config file, on request.
+//! The files it reads are the config file and the certificates it names,
+//! on request.
 
 pub mod config;
+pub mod frame;
+pub mod links;
 pub mod log;
+pub mod quic;

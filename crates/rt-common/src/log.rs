@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use mqtt_core::bridge::{BridgeMetrics, BridgeState};
-use mqtt_core::broker::{DisconnectReason, DropReason, Metrics};
+use mqtt_core::bridge::{BridgeMetrics, BridgeState, StateReason};
+use mqtt_core::broker::{DisconnectReason, DropReason, Event, Metrics};
 use tracing::{debug, warn, Level};
 
 /// `tracing` levels are static per call site; pick one at run time.
@@ -81,16 +81,19 @@ impl Default for DropLog {
 }
 
 /// Log a bridge's state change: failures loudly, a lost link as a warning,
-/// the rest at info.
+/// the rest at info; with the core's reason when it gave one ("refused",
+/// "keepalive timeout (no PINGRESP)", "CONNACK refused 0x87 ...").
 pub fn bridge_state_changed(
     name: &str,
     from: &BridgeState,
     to: &BridgeState,
+    reason: Option<&StateReason>,
     metrics: Option<&BridgeMetrics>,
     now: Instant,
 ) {
     let level = match (from, to) {
         (_, BridgeState::Failed) => Level::ERROR,
+        (_, BridgeState::Stopped) => Level::INFO,
         (BridgeState::Connected { .. }, _) => Level::WARN,
         (
             BridgeState::Dialing { .. } | BridgeState::Handshaking { .. },
@@ -100,13 +103,14 @@ pub fn bridge_state_changed(
     };
     let failed_attempts = metrics.map_or(0, |m| m.failed_attempts);
     let cache_depth = metrics.map_or(0, |m| m.cache_depth);
+    let reason = reason.map_or_else(String::new, ToString::to_string);
     match to {
         BridgeState::Backoff { until } => {
             let retry_in = until.saturating_duration_since(now);
-            log_at!(level, bridge = %name, from = %from, ?retry_in, failed_attempts, cache_depth, "bridge state: backoff");
+            log_at!(level, bridge = %name, from = %from, %reason, ?retry_in, failed_attempts, cache_depth, "bridge state: backoff");
         }
         _ => {
-            log_at!(level, bridge = %name, from = %from, to = %to, failed_attempts, cache_depth, "bridge state: {}", to.name())
+            log_at!(level, bridge = %name, from = %from, to = %to, %reason, failed_attempts, cache_depth, "bridge state: {}", to.name())
         }
     }
 }
@@ -143,5 +147,96 @@ impl std::fmt::Display for ClientId<'_> {
             Some(id) => write!(f, "{id}"),
             None => f.write_str("-"),
         }
+    }
+}
+
+/// Log one of the broker's events the way both runtimes do. `peer` is the
+/// connection's peer as the runtime knows it; `connected` says whether the
+/// core reported `ClientConnected` for it (a connection that never got that
+/// far has no "client disconnected" line, so its close says why instead).
+/// Logging only: acting on the event (closing the socket) is the caller's.
+pub fn broker_event(ev: &Event, peer: Option<SocketAddr>, connected: bool) {
+    match ev {
+        Event::ClientConnected {
+            conn,
+            client_id,
+            version,
+            keep_alive,
+            clean_start,
+            session_present,
+            peer,
+        } => {
+            tracing::info!(
+                client_id = %client_id,
+                peer = %Peer(*peer),
+                %conn,
+                %version,
+                keep_alive,
+                clean_start,
+                session_present,
+                "client connected"
+            );
+        }
+        Event::ClientDisconnected {
+            conn,
+            client_id,
+            reason,
+        } => {
+            log_at!(
+                level_for(reason),
+                client_id = %client_id,
+                peer = %Peer(peer),
+                %conn,
+                reason = %reason,
+                "client disconnected"
+            );
+        }
+        Event::CloseConnection { conn, reason } => {
+            if connected {
+                debug!(%conn, reason = %reason, "closing connection");
+            } else {
+                log_at!(
+                    level_for(reason),
+                    peer = %Peer(peer),
+                    %conn,
+                    reason = %reason,
+                    "connection closed"
+                );
+            }
+        }
+        // `storage_events` is off: no runtime has a storage layer yet.
+        Event::Storage(_) => {}
+        other => debug!(event = ?other, "unhandled broker event"),
+    }
+}
+
+/// The final summary lines of a stopped broker and its bridges (`bridges`
+/// in index order: name and metrics).
+pub fn broker_stopped<'a>(
+    m: &Metrics,
+    bridges: impl IntoIterator<Item = (&'a str, &'a BridgeMetrics)>,
+) {
+    tracing::info!(
+        connections_opened = m.connections_opened,
+        messages_received = m.messages_received,
+        messages_sent = m.messages_sent,
+        messages_dropped = m.dropped_total(),
+        bytes_received = m.bytes_received,
+        bytes_sent = m.bytes_sent,
+        "broker stopped"
+    );
+    for (name, b) in bridges {
+        tracing::info!(
+            bridge = %name,
+            state = %b.state,
+            connects = b.connects,
+            reconnects = b.reconnects,
+            failed_attempts = b.failed_attempts,
+            forwarded = b.forwarded,
+            received = b.received,
+            cache_depth = b.cache_depth,
+            dropped = b.dropped_cache_full + b.dropped_evicted + b.dropped_unsendable,
+            "bridge stopped"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub(crate) struct Link {
 
 /// Resolve `address` ("host:port"). Blocking name lookups run on a plain
 /// thread so they never stall an executor thread.
-async fn resolve(address: String) -> io::Result<Vec<SocketAddr>> {
+pub(crate) async fn resolve(address: String) -> io::Result<Vec<SocketAddr>> {
     if let Ok(a) = address.parse::<SocketAddr>() {
         return Ok(vec![a]);
     }

@@ -1,7 +1,7 @@
 //! # rt-smol
 //!
 //! The reference runtime of sansmq: it drives [`mqtt_core::node::Node`] (the
-//! broker and its bridges) over TCP with smol (async-io, async-executor), and holds the `sansmq`
+//! broker and its bridges) over TCP and QUIC with smol (async-io, async-executor), and holds the `sansmq`
 //! binary's configuration file format ([`config`]).
 //!
 //! ## What this crate owns
@@ -46,6 +46,7 @@
 mod bridge;
 pub use rt_common::config;
 mod conn;
+mod quic;
 pub mod server;
 pub mod tools;
 

@@ -8,9 +8,11 @@
 //! of the socket go back to the core as inputs, tagged with the link's
 //! generation so inputs from a closed link are ignored. `CloseTransport`
 //! flushes what was queued, then closes (or cancels a dial in progress).
-//! TLS and QUIC bridge transports do not exist in this runtime yet: their
-//! dials are reported to the core as failed transports at once, so a hybrid
-//! transport list falls back to the next one. A bridge's `Fatal` event
+//! `Dial { transport: Quic, .. }` spawns a QUIC transport task instead
+//! (`src/quic.rs`), which reports the same inputs. There is no TLS bridge
+//! transport in this runtime yet: its dials are reported to the core as
+//! failed transports at once, so a hybrid transport list falls back to the
+//! next one. A bridge's `Fatal` event
 //! (fail_fast, max attempts) ends [`Server::run`] with
 //! [`Error::BridgeFatal`].
 //!
@@ -47,7 +49,6 @@ use async_executor::Executor;
 use async_executor::Task;
 use async_io::{Async, Timer};
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use futures_lite::FutureExt;
 use mqtt_core::bridge::{
     BridgeConfig, BridgeConfigError, BridgeEvent, Transport as BridgeTransport, TransportFailure,
@@ -58,23 +59,31 @@ use mqtt_core::node::{BridgeId, Node, NodeEvent, NodeTransmit};
 use tracing::{debug, error, info, warn};
 
 use crate::bridge::{tcp_transport, Link};
-use crate::conn::{accept_loop, ConnSettings};
+use crate::conn::{accept_loop, ConnSettings, WriteHandle};
+use crate::quic::{self, BridgeQuic, QuicListener, QuicSetupError};
 use rt_common::config::{Config, RuntimeConfig};
-use rt_common::log::{self, level_for, ClientId, DropLog, Peer};
-use rt_common::log_at;
+use rt_common::log::{self, ClientId, DropLog, Peer};
 
 /// Inputs to the core task, in arrival order per connection.
 pub(crate) enum Input {
-    /// A socket was accepted; `tx` is its write queue.
+    /// A socket was accepted; `tx` is the core's side of its write queue
+    /// (`conn::WriteQueue`, which the connection's writer drains).
     Opened {
         conn: ConnectionId,
         info: ConnectionInfo,
-        tx: Sender<Outbound>,
+        tx: WriteHandle,
     },
     /// A packet decoded on the connection task.
     Packet {
         conn: ConnectionId,
         packet: Box<Packet>,
+    },
+    /// Several packets decoded from one read, in order (at most
+    /// `conn::MAX_PACKETS_PER_INPUT`): one channel message and one wakeup
+    /// for all of them, and the core answers them with one transmit.
+    Packets {
+        conn: ConnectionId,
+        packets: Vec<Packet>,
     },
     /// Bytes that failed to decode, from the start of the failing packet:
     /// the core decodes them itself (`handle_read`) and judges the error.
@@ -101,7 +110,7 @@ pub(crate) enum Input {
     Shutdown,
 }
 
-/// What the core task sends a connection's write half.
+/// What the core task sends a bridge transport's write half.
 pub(crate) enum Outbound {
     Data(Bytes),
     /// Flush what came before, then close the socket.
@@ -125,13 +134,19 @@ pub enum Error {
     /// A bridge gave up (`fail_fast`, or `max_attempts` reached).
     #[error("bridge {bridge:?} failed: {reason}")]
     BridgeFatal { bridge: String, reason: String },
+    /// A QUIC listener's or bridge's certificates or settings.
+    #[error("QUIC: {0}")]
+    Quic(#[from] QuicSetupError),
 }
 
-/// Inputs the core task takes from its channel before draining outputs.
-/// Bounds the latency one busy period adds to timers and writes.
+/// Packets (or other inputs) the core task takes from its channel before
+/// draining outputs. Bounds the latency one busy period adds to timers and
+/// writes.
 const INPUT_BATCH: usize = 256;
-/// Capacity of the channel into the core task (read backpressure).
-const INPUT_CAPACITY: usize = 1024;
+/// Capacity of the channel into the core task (read backpressure). An
+/// input holds up to `MAX_PACKETS_PER_INPUT` packets, so this also bounds
+/// the decoded packets waiting for the core.
+const INPUT_CAPACITY: usize = 128;
 /// How long a closing socket waits for the peer's FIN after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
@@ -143,8 +158,11 @@ pub(crate) struct Listener {
 /// Bound listeners plus what the core and runtime need to run.
 pub struct Server {
     listeners: Vec<Listener>,
+    quic_listeners: Vec<QuicListener>,
     broker_config: BrokerConfig,
     bridges: Vec<BridgeConfig>,
+    /// Per bridge (same index): its QUIC client setup, if it uses QUIC.
+    quic_bridges: Vec<Option<Arc<BridgeQuic>>>,
     runtime: RuntimeConfig,
 }
 
@@ -152,13 +170,18 @@ impl Server {
     /// Bind every listener now, so a taken port fails before anything runs.
     pub fn bind(config: &Config) -> Result<Self, Error> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
+        let mut quic_listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
             let addr = l.addr();
             let bind_err = |source| Error::Bind {
                 name: l.name.clone(),
                 addr,
                 source,
             };
+            if l.transport == rt_common::config::Transport::Quic {
+                quic_listeners.push(QuicListener::bind(l, i)?.map_err(bind_err)?);
+                continue;
+            }
             let std_listener = TcpListener::bind(addr).map_err(bind_err)?;
             let socket = Async::new(std_listener).map_err(bind_err)?;
             listeners.push(Listener {
@@ -166,8 +189,15 @@ impl Server {
                 socket,
             });
         }
+        let mut quic_bridges = Vec::with_capacity(config.bridges.len());
+        for (i, b) in config.bridges.iter().enumerate() {
+            quic::warn_insecure(b);
+            quic_bridges.push(BridgeQuic::from_section(b, i)?);
+        }
         Ok(Self {
             listeners,
+            quic_listeners,
+            quic_bridges,
             broker_config: config.broker.to_broker_config(),
             bridges: config
                 .bridges
@@ -186,6 +216,11 @@ impl Server {
                 let addr = l.socket.get_ref().local_addr().ok()?;
                 Some((l.name.clone(), addr))
             })
+            .chain(
+                self.quic_listeners
+                    .iter()
+                    .filter_map(|l| Some((l.name.clone(), l.local_addr()?))),
+            )
             .collect()
     }
 
@@ -238,7 +273,7 @@ impl Server {
             let addresses = b.addresses.join(", ");
             info!(bridge = %b.name, %addresses, transports = ?b.transports, "bridge configured");
             for t in &b.transports {
-                if *t != BridgeTransport::Tcp {
+                if *t == BridgeTransport::Tls {
                     warn!(
                         bridge = %b.name,
                         transport = %t,
@@ -280,6 +315,24 @@ impl Server {
                 settings,
             )));
         }
+        // QUIC listeners end themselves once `quic_stop` closes and their
+        // connections are gone (they hold `alive` clones meanwhile).
+        let (quic_stop_tx, quic_stop_rx) = async_channel::bounded::<()>(1);
+        for l in self.quic_listeners {
+            if let Some(addr) = l.local_addr() {
+                info!(listener = %l.name, %addr, "listening (QUIC)");
+            }
+            ex.spawn(quic::listener_task(
+                l,
+                ex.clone(),
+                in_tx.clone(),
+                alive_tx.clone(),
+                next_id.clone(),
+                settings,
+                quic_stop_rx.clone(),
+            ))
+            .detach();
+        }
         let trigger = {
             let tx = in_tx.clone();
             ex.spawn(async move {
@@ -289,9 +342,12 @@ impl Server {
         };
         drop(alive_tx);
 
-        let (metrics, fatal) = CoreTask::new(node, queue_limit, ex.clone(), in_tx)
-            .run(in_rx)
-            .await;
+        let mut core = CoreTask::new(node, queue_limit, ex.clone(), in_tx);
+        for (slot, q) in core.bridges.iter_mut().zip(self.quic_bridges) {
+            slot.quic = q;
+        }
+        let (metrics, fatal) = core.run(in_rx).await;
+        drop(quic_stop_tx);
 
         // Stop accepting (the accept loops hold `alive` clones), then give
         // the connection tasks time to flush their last bytes and close.
@@ -325,12 +381,13 @@ impl Server {
 /// The runtime's handle on one connection: its write queue and what the
 /// logs need. No protocol state.
 struct ConnHandle {
-    tx: Sender<Outbound>,
+    tx: WriteHandle,
     /// Bytes queued and not yet reported written.
     queued: usize,
     peer: Option<SocketAddr>,
-    /// Set by `ClientConnected`, for log lines only.
-    client_id: Option<ByteString>,
+    /// Set by `ClientConnected`, for log lines only. (The client id is the
+    /// core's to tell: one copy per connection is enough.)
+    connected: bool,
 }
 
 /// The runtime's handle on one bridge transport (dialing or open).
@@ -349,6 +406,8 @@ struct BridgeSlot {
     name: String,
     next_generation: u64,
     link: Option<BridgeLink>,
+    /// Its QUIC client setup, when its transports include QUIC.
+    quic: Option<Arc<BridgeQuic>>,
 }
 
 struct CoreTask {
@@ -385,6 +444,7 @@ impl CoreTask {
                     .map_or_else(|| format!("#{i}"), |b| b.name().to_owned()),
                 next_generation: 0,
                 link: None,
+                quic: None,
             })
             .collect();
         Self {
@@ -426,11 +486,17 @@ impl CoreTask {
                 Wake::Input(input) => {
                     let mut next = Some(input);
                     let mut taken = 0;
+                    // One clock read per batch: inputs of one batch arrived
+                    // within microseconds of each other.
+                    let now = Instant::now();
                     while let Some(input) = next.take() {
-                        if self.handle(input, Instant::now()) {
+                        taken += match &input {
+                            Input::Packets { packets, .. } => packets.len(),
+                            _ => 1,
+                        };
+                        if self.handle(input, now) {
                             return self.shutdown();
                         }
-                        taken += 1;
                         if taken < INPUT_BATCH {
                             next = rx.try_recv().ok();
                         }
@@ -460,30 +526,14 @@ impl CoreTask {
             }
         }
         let m = self.node.broker().metrics().clone();
-        info!(
-            connections_opened = m.connections_opened,
-            messages_received = m.messages_received,
-            messages_sent = m.messages_sent,
-            messages_dropped = m.dropped_total(),
-            bytes_received = m.bytes_received,
-            bytes_sent = m.bytes_sent,
-            "broker stopped"
+        let bridges = self.node.bridge_metrics();
+        log::broker_stopped(
+            &m,
+            self.bridges
+                .iter()
+                .map(|b| b.name.as_str())
+                .zip(bridges.iter()),
         );
-        // In index order, as the slots.
-        for (slot, b) in self.bridges.iter().zip(self.node.bridge_metrics()) {
-            info!(
-                bridge = %slot.name,
-                state = %b.state,
-                connects = b.connects,
-                reconnects = b.reconnects,
-                failed_attempts = b.failed_attempts,
-                forwarded = b.forwarded,
-                received = b.received,
-                cache_depth = b.cache_depth,
-                dropped = b.dropped_cache_full + b.dropped_evicted + b.dropped_unsendable,
-                "bridge stopped"
-            );
-        }
         (m, self.fatal)
     }
 
@@ -498,12 +548,17 @@ impl CoreTask {
                         tx,
                         queued: 0,
                         peer: info.peer,
-                        client_id: None,
+                        connected: false,
                     },
                 );
                 self.node.handle_connection_opened(conn, info, now);
             }
             Input::Packet { conn, packet } => self.node.handle_packet(conn, *packet, now),
+            Input::Packets { conn, packets } => {
+                for packet in packets {
+                    self.node.handle_packet(conn, packet, now);
+                }
+            }
             Input::Malformed { conn, mut bytes } => self.node.handle_read(conn, &mut bytes, now),
             Input::Written { conn, n } => {
                 if let Some(h) = self.conns.get_mut(&conn) {
@@ -513,7 +568,7 @@ impl CoreTask {
             }
             Input::Closed { conn, error } => {
                 if let Some(h) = self.conns.get(&conn) {
-                    if h.client_id.is_none() {
+                    if !h.connected {
                         debug!(%conn, peer = %Peer(h.peer), error = ?error, "connection closed before CONNECT");
                     } else if let Some(e) = &error {
                         debug!(%conn, peer = %Peer(h.peer), error = %e, "socket error");
@@ -575,7 +630,11 @@ impl CoreTask {
         if let Some(old) = slot.link.take() {
             close_link(old);
         }
-        if transport != BridgeTransport::Tcp {
+        let quic = match transport {
+            BridgeTransport::Quic => slot.quic.clone(),
+            _ => None,
+        };
+        if transport != BridgeTransport::Tcp && quic.is_none() {
             let failure = TransportFailure::Error(format!(
                 "the {transport} bridge transport is not available in this runtime"
             ));
@@ -591,12 +650,21 @@ impl CoreTask {
         // Unbounded: the bridge's client bounds what it sends (inflight
         // window, offline cache), as the broker does for connections.
         let (tx, rx) = async_channel::unbounded();
-        let task = self.ex.spawn(tcp_transport(
-            link,
-            address.clone(),
-            self.to_core.clone(),
-            rx,
-        ));
+        let task = match quic {
+            Some(q) => self.ex.spawn(quic::quic_transport(
+                link,
+                address.clone(),
+                q,
+                self.to_core.clone(),
+                rx,
+            )),
+            None => self.ex.spawn(tcp_transport(
+                link,
+                address.clone(),
+                self.to_core.clone(),
+                rx,
+            )),
+        };
         slot.link = Some(BridgeLink {
             generation: link.generation,
             tx,
@@ -625,9 +693,9 @@ impl CoreTask {
                     close_link(l);
                 }
             }
-            BridgeEvent::StateChanged { from, to } => {
+            BridgeEvent::StateChanged { from, to, reason } => {
                 let m = self.node.bridge(id).map(|b| b.metrics());
-                log::bridge_state_changed(&name, &from, &to, m.as_ref(), now);
+                log::bridge_state_changed(&name, &from, &to, reason.as_ref(), m.as_ref(), now);
             }
             BridgeEvent::Fatal { reason } => {
                 error!(bridge = %name, reason = %reason, "bridge failed for good");
@@ -686,88 +754,49 @@ impl CoreTask {
             error!(
                 conn = %t.conn,
                 peer = %Peer(h.peer),
-                client_id = %ClientId(h.client_id.as_ref()),
+                client_id = %ClientId(self.node.broker().connection_client_id(t.conn)),
                 queued = h.queued,
                 incoming = len,
                 limit = self.queue_limit,
                 "write queue over its hard bound: dropping the connection"
             );
-            h.tx.close();
+            h.tx.abort();
             self.node.handle_connection_closed(t.conn, now);
             self.dead.push(t.conn);
             return;
         }
-        // Unbounded channel, bounded by the byte count above: never blocks
-        // the core task. An error means the write half is gone and its
-        // `Closed` input is on the way.
-        if h.tx.try_send(Outbound::Data(t.data)).is_ok() {
+        // Unbounded queue, bounded by the byte count above: never blocks
+        // the core task. Refused means the write half is gone or going and
+        // its `Closed` input is on the way.
+        if h.tx.push(t.data) {
             h.queued += len;
         }
     }
 
     fn on_event(&mut self, ev: Event) {
+        // The log lines are shared with rt-std (rt_common::log).
+        let (peer, connected) = match &ev {
+            Event::ClientDisconnected { conn, .. } | Event::CloseConnection { conn, .. } => self
+                .conns
+                .get(conn)
+                .map_or((None, false), |h| (h.peer, h.connected)),
+            _ => (None, false),
+        };
+        log::broker_event(&ev, peer, connected);
         match ev {
-            Event::ClientConnected {
-                conn,
-                client_id,
-                version,
-                keep_alive,
-                clean_start,
-                session_present,
-                peer,
-            } => {
-                info!(
-                    client_id = %client_id,
-                    peer = %Peer(peer),
-                    %conn,
-                    %version,
-                    keep_alive,
-                    clean_start,
-                    session_present,
-                    "client connected"
-                );
+            Event::ClientConnected { conn, .. } => {
                 if let Some(h) = self.conns.get_mut(&conn) {
-                    h.client_id = Some(client_id);
+                    h.connected = true;
                 }
             }
-            Event::ClientDisconnected {
-                conn,
-                client_id,
-                reason,
-            } => {
-                let peer = self.conns.get(&conn).and_then(|h| h.peer);
-                log_at!(
-                    level_for(&reason),
-                    client_id = %client_id,
-                    peer = %Peer(peer),
-                    %conn,
-                    reason = %reason,
-                    "client disconnected"
-                );
-            }
-            Event::CloseConnection { conn, reason } => {
-                let Some(h) = self.conns.remove(&conn) else {
-                    return;
-                };
-                if h.client_id.is_none() {
-                    // No ClientDisconnected was logged for it: say why here.
-                    log_at!(
-                        level_for(&reason),
-                        peer = %Peer(h.peer),
-                        %conn,
-                        reason = %reason,
-                        "connection closed"
-                    );
-                } else {
-                    debug!(%conn, reason = %reason, "closing connection");
-                }
+            Event::CloseConnection { conn, .. } => {
                 // After the final bytes already queued: the write half
                 // flushes them, then closes.
-                let _ = h.tx.try_send(Outbound::Close);
+                if let Some(h) = self.conns.remove(&conn) {
+                    h.tx.close();
+                }
             }
-            // `storage_events` is off: this runtime has no storage layer yet.
-            Event::Storage(_) => {}
-            other => debug!(event = ?other, "unhandled broker event"),
+            _ => {}
         }
     }
 }

@@ -27,8 +27,11 @@ use mqtt_core::codec::{
     ByteString, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion, PubResponse,
     Publish, QoS, ReasonCode,
 };
-use sansmq_tests::process::{require_tool, run_with_timeout, wait_timeout, Sansmq, TempDir};
+use sansmq_tests::process::{
+    require_tool, run_with_timeout, wait_timeout, Runtime, Sansmq, TempDir,
+};
 use sansmq_tests::raw::{RawClient, RecvError};
+use sansmq_tests::runtime_matrix;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sansmq"))
@@ -70,16 +73,19 @@ enum Proc {
 
 struct Remote {
     kind: Kind,
+    /// The runtime of a sansmq remote (the one under test).
+    rt: Runtime,
     port: u16,
     dir: TempDir,
     proc: Option<Proc>,
 }
 
 impl Remote {
-    fn new(kind: Kind) -> Self {
+    fn new(kind: Kind, rt: Runtime) -> Self {
         let dir = TempDir::new("bridge-remote");
         Self {
             kind,
+            rt,
             port: free_port(),
             dir,
             proc: None,
@@ -117,7 +123,7 @@ impl Remote {
                     "[[listeners]]\nname = \"probe\"\nport = 0\n\n\
                      [[listeners]]\nname = \"fixed\"\nport = {port}\n"
                 );
-                Proc::Sansmq(Box::new(Sansmq::start(bin(), Some(&toml), &[])))
+                Proc::Sansmq(Box::new(Sansmq::start_on(self.rt, bin(), Some(&toml), &[])))
             }
         };
         self.proc = Some(proc);
@@ -322,10 +328,10 @@ fn bridge_config(remote_port: u16) -> String {
 }
 
 /// The scenario of both remote kinds.
-fn bridge_survives_remote(kind: Kind) {
-    let mut remote = Remote::new(kind);
+fn bridge_survives_remote(kind: Kind, rt: Runtime) {
+    let mut remote = Remote::new(kind, rt);
     let started = Instant::now();
-    let local = Sansmq::start(bin(), Some(&bridge_config(remote.port)), &[]);
+    let local = Sansmq::start_on(rt, bin(), Some(&bridge_config(remote.port)), &[]);
     // The remote is down: the first attempt fails and the bridge backs off.
     local.expect_log(&["bridge state: backoff", "bridge=up"], T);
 
@@ -404,18 +410,17 @@ fn bridge_survives_remote(kind: Kind) {
     );
 }
 
-#[test]
-fn bridge_to_mosquitto_started_late_and_restarted_loses_no_qos1() {
-    bridge_survives_remote(Kind::Mosquitto);
+fn bridge_to_mosquitto_started_late_and_restarted_loses_no_qos1(rt: Runtime) {
+    bridge_survives_remote(Kind::Mosquitto, rt);
 }
+runtime_matrix!(bridge_to_mosquitto_started_late_and_restarted_loses_no_qos1);
 
-#[test]
-fn bridge_to_sansmq_started_late_and_restarted_loses_no_qos1() {
-    bridge_survives_remote(Kind::Sansmq);
+fn bridge_to_sansmq_started_late_and_restarted_loses_no_qos1(rt: Runtime) {
+    bridge_survives_remote(Kind::Sansmq, rt);
 }
+runtime_matrix!(bridge_to_sansmq_started_late_and_restarted_loses_no_qos1);
 
-#[test]
-fn fail_fast_bridge_with_remote_down_exits_nonzero_naming_it() {
+fn fail_fast_bridge_with_remote_down_exits_nonzero_naming_it(rt: Runtime) {
     let dir = TempDir::new("bridge-ff");
     let port = free_port();
     let config = dir.file(
@@ -428,7 +433,15 @@ fn fail_fast_bridge_with_remote_down_exits_nonzero_naming_it() {
     let config = config.to_str().expect("utf-8 temp path");
     let out = run_with_timeout(
         bin(),
-        &["start", "--port", "0", "--config", config],
+        &[
+            "start",
+            "--runtime",
+            rt.arg(),
+            "--port",
+            "0",
+            "--config",
+            config,
+        ],
         Duration::from_secs(30),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -441,27 +454,8 @@ fn fail_fast_bridge_with_remote_down_exits_nonzero_naming_it() {
         "unclear exit message; stderr:\n{stderr}"
     );
 }
+runtime_matrix!(fail_fast_bridge_with_remote_down_exits_nonzero_naming_it);
 
-#[test]
-fn hybrid_quic_then_tcp_falls_back_to_tcp() {
-    let mut remote = Remote::new(Kind::Sansmq);
-    remote.start();
-    let toml = format!(
-        "[[bridge]]\nname = \"hyb\"\naddresses = [\"127.0.0.1:{}\"]\n\
-         transports = [\"quic\", \"tcp\"]\nforwards = [{{ filter = \"t/#\" }}]\n",
-        remote.port
-    );
-    let local = Sansmq::start(bin(), Some(&toml), &[]);
-    local.expect_log(&["WARN", "no quic bridge transport", "bridge=hyb"], T);
-    local.expect_log(
-        &[
-            "bridge dial failed",
-            "quic bridge transport is not available",
-        ],
-        T,
-    );
-    local.expect_log(
-        &["bridge state: connected", "bridge=hyb", "tcp://127.0.0.1"],
-        T,
-    );
-}
+// The hybrid ["quic", "tcp"] fallback is tested in quic.rs, against a
+// real QUIC-capable bridge (hybrid_quic_then_tcp_falls_back_to_tcp_when_
+// the_cloud_has_no_quic), on both runtimes.

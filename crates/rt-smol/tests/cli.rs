@@ -5,8 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use mqtt_core::codec::{Packet, ProtocolVersion, ReasonCode};
-use sansmq_tests::process::{run_with_timeout, Sansmq, TempDir};
+use sansmq_tests::process::{run_with_timeout, Runtime, Sansmq, TempDir};
 use sansmq_tests::raw::{RawClient, RecvError};
+use sansmq_tests::runtime_matrix;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sansmq"))
@@ -14,8 +15,7 @@ fn bin() -> &'static Path {
 
 const T: Duration = Duration::from_secs(20);
 
-#[test]
-fn config_example_is_valid_and_starts_a_broker() {
+fn config_example_is_valid_and_starts_a_broker(rt: Runtime) {
     let out = run_with_timeout(bin(), &["config", "example"], T);
     assert!(out.status.success(), "config example failed: {out:?}");
     let text = String::from_utf8(out.stdout).expect("utf-8 example");
@@ -36,12 +36,13 @@ fn config_example_is_valid_and_starts_a_broker() {
     assert!(check.status.success(), "config check failed: {check:?}");
 
     // The example as the config file of a real broker (port overridden).
-    let mut broker = Sansmq::start(bin(), Some(&text), &[]);
+    let mut broker = Sansmq::start_on(rt, bin(), Some(&text), &[]);
     let (_c, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "ex", 0, None);
     broker.signal("TERM");
     let status = broker.wait_exit(T).expect("exit after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }
+runtime_matrix!(config_example_is_valid_and_starts_a_broker);
 
 fn start_fails(toml: &str) -> String {
     let dir = TempDir::new("badcfg");
@@ -82,20 +83,19 @@ fn bad_values_fail_naming_their_path() {
     assert!(err.contains("bad.toml"), "{err}");
 }
 
-#[test]
-fn taken_port_fails_at_start() {
-    let first = Sansmq::start_default(bin());
+fn taken_port_fails_at_start(rt: Runtime) {
+    let first = Sansmq::start_default_on(rt, bin());
     let port = first.port().to_string();
     let out = run_with_timeout(bin(), &["start", "--port", &port], T);
     assert!(!out.status.success(), "second broker on {port} started");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot listen"), "{stderr}");
 }
+runtime_matrix!(taken_port_fails_at_start);
 
-#[test]
-fn sigterm_and_sigint_shut_down_gracefully() {
+fn sigterm_and_sigint_shut_down_gracefully(rt: Runtime) {
     for signal in ["TERM", "INT"] {
-        let mut broker = Sansmq::start_default(bin());
+        let mut broker = Sansmq::start_default_on(rt, bin());
         let (mut v5, _) =
             RawClient::connect(broker.addr, ProtocolVersion::V5, "v5-client", 0, None);
         let (mut v4, _) =
@@ -125,3 +125,4 @@ fn sigterm_and_sigint_shut_down_gracefully() {
         assert!(log.contains("broker stopped"), "{log}");
     }
 }
+runtime_matrix!(sigterm_and_sigint_shut_down_gracefully);

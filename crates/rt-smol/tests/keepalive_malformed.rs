@@ -4,8 +4,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mqtt_core::codec::{Packet, ProtocolVersion, QoS, ReasonCode};
-use sansmq_tests::process::Sansmq;
+use sansmq_tests::process::{Runtime, Sansmq};
 use sansmq_tests::raw::{will, RawClient};
+use sansmq_tests::runtime_matrix;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sansmq"))
@@ -15,9 +16,8 @@ const T: Duration = Duration::from_secs(10);
 
 /// Keep alive 2 s x 1.5: the broker must close the silent client between
 /// 3.0 s and 3.1 s after its last packet (CONNECT), and publish its will.
-#[test]
-fn silent_client_is_closed_on_time_and_its_will_arrives() {
-    let broker = Sansmq::start_default(bin());
+fn silent_client_is_closed_on_time_and_its_will_arrives(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let (mut watcher, _) =
         RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "watcher", 0, None);
     watcher.subscribe("will/#", QoS::AtMostOnce);
@@ -58,11 +58,11 @@ fn silent_client_is_closed_on_time_and_its_will_arrives() {
         broker.expect_log(&["client disconnected", id, "keep alive timeout"], T);
     }
 }
+runtime_matrix!(silent_client_is_closed_on_time_and_its_will_arrives);
 
 /// Garbage on one connection closes that one only, with a logged reason.
-#[test]
-fn malformed_packet_closes_only_that_client() {
-    let broker = Sansmq::start_default(bin());
+fn malformed_packet_closes_only_that_client(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let (mut sub, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "sub", 0, None);
     sub.subscribe("m/#", QoS::AtMostOnce);
     let (mut publ, _) = RawClient::connect(broker.addr, ProtocolVersion::V5, "pub", 0, None);
@@ -124,12 +124,12 @@ fn malformed_packet_closes_only_that_client() {
     broker.expect_log(&["connection closed", "peer=127.0.0.1:"], T);
     check_delivery(&mut publ, &mut sub, b"after");
 }
+runtime_matrix!(malformed_packet_closes_only_that_client);
 
 /// A second CONNECT with the same client id takes the session over; the
 /// first connection is closed (5.0: DISCONNECT 0x8E) and the reason logged.
-#[test]
-fn takeover_closes_the_old_connection_with_a_logged_reason() {
-    let broker = Sansmq::start_default(bin());
+fn takeover_closes_the_old_connection_with_a_logged_reason(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let (mut old, _) = RawClient::connect(broker.addr, ProtocolVersion::V5, "twin", 0, None);
     let (_new, _) = RawClient::connect(broker.addr, ProtocolVersion::V5, "twin", 0, None);
     let (packets, _) = old.wait_closed(T).expect("the old connection is closed");
@@ -144,17 +144,17 @@ fn takeover_closes_the_old_connection_with_a_logged_reason() {
         "takeover is routine, logged at info: {line}"
     );
 }
+runtime_matrix!(takeover_closes_the_old_connection_with_a_logged_reason);
 
 /// A subscriber that never acknowledges fills its session queue; what the
 /// core then drops (counted by cause in its metrics) is also logged, so a
 /// loss is never silent.
-#[test]
-fn messages_dropped_for_a_full_session_queue_are_logged() {
+fn messages_dropped_for_a_full_session_queue_are_logged(rt: Runtime) {
     use bytes::Bytes;
     use mqtt_core::codec::{ByteString, Properties, Publish};
 
     let config = "[broker]\nmax_queued_messages = 5\nmax_inflight = 1\n";
-    let broker = Sansmq::start(bin(), Some(config), &[]);
+    let broker = Sansmq::start_on(rt, bin(), Some(config), &[]);
     let (mut sub, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "stuck", 0, None);
     sub.subscribe("d/#", QoS::AtLeastOnce);
     let (mut publ, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "pub", 0, None);
@@ -179,3 +179,4 @@ fn messages_dropped_for_a_full_session_queue_are_logged() {
     // The stuck subscriber got exactly its window's worth.
     assert!(matches!(sub.recv(T), Ok(Packet::Publish(_))));
 }
+runtime_matrix!(messages_dropped_for_a_full_session_queue_are_logged);

@@ -9,7 +9,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sansmq_tests::process::{require_tool, run_with_timeout, wait_timeout, Sansmq};
+use sansmq_tests::process::{require_tool, run_with_timeout, wait_timeout, Runtime, Sansmq};
+use sansmq_tests::runtime_matrix;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sansmq"))
@@ -134,10 +135,9 @@ fn tools() -> (PathBuf, PathBuf) {
     (require_tool("mosquitto_pub"), require_tool("mosquitto_sub"))
 }
 
-#[test]
-fn pub_sub_every_qos_both_versions() {
+fn pub_sub_every_qos_both_versions(rt: Runtime) {
     let (pub_tool, sub_tool) = tools();
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     for version in ["mqttv311", "mqttv5"] {
         for sub_qos in 0..=2u8 {
@@ -163,11 +163,11 @@ fn pub_sub_every_qos_both_versions() {
     assert!(log.contains("client connected"), "{log}");
     assert!(log.contains("client sent DISCONNECT"), "{log}");
 }
+runtime_matrix!(pub_sub_every_qos_both_versions);
 
-#[test]
-fn retained_message_reaches_a_later_subscriber() {
+fn retained_message_reaches_a_later_subscriber(rt: Runtime) {
     let (pub_tool, sub_tool) = tools();
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     for (version, qos) in [("mqttv311", 1u8), ("mqttv5", 2u8)] {
         let topic = format!("retained/{version}");
@@ -186,3 +186,4 @@ fn retained_message_reaches_a_later_subscriber() {
         publish(&pub_tool, port, version, qos, &topic, "", true);
     }
 }
+runtime_matrix!(retained_message_reaches_a_later_subscriber);

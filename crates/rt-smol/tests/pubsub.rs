@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sansmq_tests::process::{require_tool, run_with_timeout, wait_timeout, Sansmq};
+use sansmq_tests::process::{require_tool, run_with_timeout, wait_timeout, Runtime, Sansmq};
+use sansmq_tests::runtime_matrix;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_sansmq"))
@@ -116,9 +117,8 @@ fn sansmq_pub(port: u16, args: &[&str]) -> Output {
     out
 }
 
-#[test]
-fn sub_receives_what_pub_sends_at_every_qos_and_version() {
-    let broker = Sansmq::start_default(bin());
+fn sub_receives_what_pub_sends_at_every_qos_and_version(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     for version in ["311", "5"] {
         for qos in ["0", "1", "2"] {
@@ -141,10 +141,10 @@ fn sub_receives_what_pub_sends_at_every_qos_and_version() {
         }
     }
 }
+runtime_matrix!(sub_receives_what_pub_sends_at_every_qos_and_version);
 
-#[test]
-fn verbose_and_format_show_topic_qos_retain() {
-    let broker = Sansmq::start_default(bin());
+fn verbose_and_format_show_topic_qos_retain(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let sub = Sub::start(port, &["-q", "2", "-t", "fmt/#", "-v", "-C", "1"]);
     sansmq_pub(port, &["-q", "1", "-t", "fmt/a", "-m", "x y"]);
@@ -157,10 +157,10 @@ fn verbose_and_format_show_topic_qos_retain() {
     sansmq_pub(port, &["-q", "2", "-t", "fmt/b", "-m", "z"]);
     assert_eq!(sub.finish(), vec!["fmt/b|2|0|z%".to_owned()]);
 }
+runtime_matrix!(verbose_and_format_show_topic_qos_retain);
 
-#[test]
-fn retained_message_reaches_a_later_subscriber() {
-    let broker = Sansmq::start_default(bin());
+fn retained_message_reaches_a_later_subscriber(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     for version in ["311", "5"] {
         let topic = format!("retained/{version}");
@@ -178,10 +178,10 @@ fn retained_message_reaches_a_later_subscriber() {
         assert_eq!(sub.finish(), vec!["1 kept".to_owned()], "v{version}");
     }
 }
+runtime_matrix!(retained_message_reaches_a_later_subscriber);
 
-#[test]
-fn stdin_line_mode_sends_each_line() {
-    let broker = Sansmq::start_default(bin());
+fn stdin_line_mode_sends_each_line(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let sub = Sub::start(port, &["-q", "1", "-t", "lines", "-C", "4", "-W", "15"]);
     let mut child = Command::new(bin())
@@ -221,10 +221,10 @@ fn stdin_line_mode_sends_each_line() {
             .collect::<Vec<_>>()
     );
 }
+runtime_matrix!(stdin_line_mode_sends_each_line);
 
-#[test]
-fn file_message_is_sent_whole() {
-    let broker = Sansmq::start_default(bin());
+fn file_message_is_sent_whole(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let dir = sansmq_tests::process::TempDir::new("pubfile");
     let path = dir.file("msg.txt", "from a file");
@@ -235,10 +235,10 @@ fn file_message_is_sent_whole() {
     );
     assert_eq!(sub.finish(), vec!["from a file".to_owned()]);
 }
+runtime_matrix!(file_message_is_sent_whole);
 
-#[test]
-fn user_properties_arrive_at_sansmq_sub_and_mosquitto_sub() {
-    let broker = Sansmq::start_default(bin());
+fn user_properties_arrive_at_sansmq_sub_and_mosquitto_sub(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let sub = Sub::start(port, &["-q", "1", "-t", "props", "-F", "%P|%p", "-C", "1"]);
     let props = ["--user-property", "k=v", "--user-property", "k2=v=2"];
@@ -270,6 +270,7 @@ fn user_properties_arrive_at_sansmq_sub_and_mosquitto_sub() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "k:v k2:v=2|r\n");
 }
+runtime_matrix!(user_properties_arrive_at_sansmq_sub_and_mosquitto_sub);
 
 #[test]
 fn user_property_needs_v5() {
@@ -310,9 +311,8 @@ fn mosquitto(tool: &str, port: u16, args: &[&str]) -> Output {
     out
 }
 
-#[test]
-fn mosquitto_sub_receives_from_sansmq_pub() {
-    let broker = Sansmq::start_default(bin());
+fn mosquitto_sub_receives_from_sansmq_pub(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let tool = require_tool("mosquitto_sub");
     for (version, mversion) in [("311", "mqttv311"), ("5", "mqttv5")] {
@@ -353,10 +353,10 @@ fn mosquitto_sub_receives_from_sansmq_pub() {
         }
     }
 }
+runtime_matrix!(mosquitto_sub_receives_from_sansmq_pub);
 
-#[test]
-fn sansmq_sub_receives_from_mosquitto_pub() {
-    let broker = Sansmq::start_default(bin());
+fn sansmq_sub_receives_from_mosquitto_pub(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     for (version, mversion) in [("311", "mqttv311"), ("5", "mqttv5")] {
         for qos in ["0", "1", "2"] {
@@ -377,6 +377,7 @@ fn sansmq_sub_receives_from_mosquitto_pub() {
         }
     }
 }
+runtime_matrix!(sansmq_sub_receives_from_mosquitto_pub);
 
 #[test]
 fn bad_flags_exit_non_zero_naming_the_flag() {
@@ -403,9 +404,8 @@ fn bad_flags_exit_non_zero_naming_the_flag() {
     }
 }
 
-#[test]
-fn failures_exit_non_zero_with_a_reason() {
-    let broker = Sansmq::start_default(bin());
+fn failures_exit_non_zero_with_a_reason(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port().to_string();
     // Refused: 3.1.1, empty client id without clean session.
     let out = run_with_timeout(
@@ -439,10 +439,10 @@ fn failures_exit_non_zero_with_a_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-W/--timeout"));
 }
+runtime_matrix!(failures_exit_non_zero_with_a_reason);
 
-#[test]
-fn no_clean_and_session_expiry_keep_the_session_across_runs() {
-    let broker = Sansmq::start_default(bin());
+fn no_clean_and_session_expiry_keep_the_session_across_runs(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     for version in ["311", "5"] {
         let id = format!("pubsub-persist-{version}");
@@ -478,10 +478,10 @@ fn no_clean_and_session_expiry_keep_the_session_across_runs() {
         );
     }
 }
+runtime_matrix!(no_clean_and_session_expiry_keep_the_session_across_runs);
 
-#[test]
-fn many_qos2_messages_are_all_acknowledged_and_received() {
-    let broker = Sansmq::start_default(bin());
+fn many_qos2_messages_are_all_acknowledged_and_received(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let sub = Sub::start(port, &["-q", "2", "-t", "many", "-C", "500", "-W", "15"]);
     // More than the client's inflight window (100) and the tool's queue
@@ -493,3 +493,4 @@ fn many_qos2_messages_are_all_acknowledged_and_received() {
     assert_eq!(lines.len(), 500);
     assert!(lines.iter().all(|l| l == "m"));
 }
+runtime_matrix!(many_qos2_messages_are_all_acknowledged_and_received);

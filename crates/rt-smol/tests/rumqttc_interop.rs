@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sansmq_tests::process::Sansmq;
+use sansmq_tests::process::{Runtime, Sansmq};
+use sansmq_tests::runtime_matrix;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -213,10 +214,9 @@ mod v5 {
     }
 }
 
-#[tokio::test]
-async fn v4_every_qos_both_directions() {
+async fn v4_every_qos_both_directions(rt: Runtime) {
     use v4::QoS;
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let mut a = v4::connect(port, "v4-a", |_| {}).await;
     let mut b = v4::connect(port, "v4-b", |_| {}).await;
@@ -245,11 +245,11 @@ async fn v4_every_qos_both_directions() {
     let m = a.publish_msg("downgraded").await;
     assert_eq!(m.qos, QoS::AtMostOnce);
 }
+runtime_matrix!(#[tokio::test] async v4_every_qos_both_directions);
 
-#[tokio::test]
-async fn v5_every_qos_both_directions() {
+async fn v5_every_qos_both_directions(rt: Runtime) {
     use v5::QoS;
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let mut a = v5::connect(port, "v5-a", |_| {}).await;
     let mut b = v5::connect(port, "v5-b", |_| {}).await;
@@ -273,10 +273,10 @@ async fn v5_every_qos_both_directions() {
         );
     }
 }
+runtime_matrix!(#[tokio::test] async v5_every_qos_both_directions);
 
-#[tokio::test]
-async fn will_of_a_killed_client_arrives() {
-    let broker = Sansmq::start_default(bin());
+async fn will_of_a_killed_client_arrives(rt: Runtime) {
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
 
     let mut watcher = v4::connect(port, "will-watcher", |_| {}).await;
@@ -325,11 +325,11 @@ async fn will_of_a_killed_client_arrives() {
         T,
     );
 }
+runtime_matrix!(#[tokio::test] async will_of_a_killed_client_arrives);
 
-#[tokio::test]
-async fn persistent_session_survives_reconnect() {
+async fn persistent_session_survives_reconnect(rt: Runtime) {
     use v4::QoS;
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let persistent = |o: &mut v4::MqttOptions| {
         o.set_clean_session(false);
@@ -370,11 +370,11 @@ async fn persistent_session_survives_reconnect() {
     let m = again.publish_msg("live message").await;
     assert_eq!(&m.payload[..], b"live");
 }
+runtime_matrix!(#[tokio::test] async persistent_session_survives_reconnect);
 
-#[tokio::test]
-async fn shared_subscription_splits_messages() {
+async fn shared_subscription_splits_messages(rt: Runtime) {
     use v5::QoS;
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let mut s1 = v5::connect(port, "share-1", |_| {}).await;
     let mut s2 = v5::connect(port, "share-2", |_| {}).await;
@@ -405,11 +405,11 @@ async fn shared_subscription_splits_messages() {
     let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     assert_eq!(all, expected, "each message exactly once across the group");
 }
+runtime_matrix!(#[tokio::test] async shared_subscription_splits_messages);
 
-#[tokio::test]
-async fn v5_properties_arrive_intact() {
+async fn v5_properties_arrive_intact(rt: Runtime) {
     use v5::QoS;
-    let broker = Sansmq::start_default(bin());
+    let broker = Sansmq::start_default_on(rt, bin());
     let port = broker.port();
     let mut sub = v5::connect(port, "props-sub", |_| {}).await;
     sub.subscribe("props/#", QoS::AtLeastOnce).await;
@@ -440,3 +440,4 @@ async fn v5_properties_arrive_intact() {
     assert_eq!(got.payload_format_indicator, props.payload_format_indicator);
     assert_eq!(&m.payload[..], b"body");
 }
+runtime_matrix!(#[tokio::test] async v5_properties_arrive_intact);

@@ -47,6 +47,9 @@ enum Command {
     Pub(rt_smol::tools::PubArgs),
     /// Subscribe and print messages (like mosquitto_sub).
     Sub(rt_smol::tools::SubArgs),
+    /// Load generator: publishers, subscribers, idle connections.
+    #[command(subcommand)]
+    Bench(rt_smol::tools::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +63,16 @@ struct StartArgs {
     /// TCP port for the first listener; 0 picks a free one (overrides the config file).
     #[arg(short, long, value_name = "PORT")]
     port: Option<u16>,
+    /// The runtime that drives the broker core: `smol` (async, the default)
+    /// or `std` (plain threads, two per connection; see rt-std).
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Smol)]
+    runtime: RuntimeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RuntimeKind {
+    Smol,
+    Std,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +108,7 @@ fn main() -> ExitCode {
         Command::Start(args) => start(args, cli.log_level.as_deref()),
         Command::Pub(args) => tool_exit("pub", rt_smol::tools::run_pub(args)),
         Command::Sub(args) => tool_exit("sub", rt_smol::tools::run_sub(args)),
+        Command::Bench(args) => tool_exit("bench", rt_smol::tools::bench::run_bench(args)),
     }
 }
 
@@ -121,7 +135,11 @@ fn start(args: StartArgs, log_flag: Option<&str>) -> ExitCode {
         eprintln!("sansmq: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    match run(config) {
+    let result = match args.runtime {
+        RuntimeKind::Smol => run(config),
+        RuntimeKind::Std => run_std(config),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
@@ -180,5 +198,30 @@ fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     server.run(shutdown)?;
+    Ok(())
+}
+
+/// `--runtime std`: the same broker on rt-std's threads. Signals are read on
+/// a thread of their own, which triggers the same graceful shutdown.
+fn run_std(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::new([Signal::Int, Signal::Term])
+        .context("cannot install the SIGINT/SIGTERM handlers")?;
+    let handle = rt_std::Broker::start(&config)?;
+    let trigger = handle.shutdown_trigger();
+    std::thread::Builder::new()
+        .name("sansmq-signals".into())
+        .spawn(move || loop {
+            match async_io::block_on(signals.next()) {
+                Some(Ok(signal)) => {
+                    info!(?signal, "shutting down");
+                    trigger.trigger();
+                    return;
+                }
+                Some(Err(e)) => warn!(error = %e, "signal stream error"),
+                None => return,
+            }
+        })
+        .context("cannot start the signal thread")?;
+    handle.wait()?;
     Ok(())
 }

@@ -1,20 +1,135 @@
-//! One [`Client`] over one TCP connection: the tools' runtime.
+//! One [`Client`] over one TCP or QUIC connection: the tools' runtime.
 //!
 //! It only moves bytes and time: reads go to `handle_read`, `poll_transmit`
 //! goes to the socket, `poll_timeout` sets the timer, events go to the
 //! [`Tool`]. The tool decides what to publish, subscribe and when to
 //! disconnect, through the client's commands.
 
+use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Instant;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use async_io::{Async, Timer};
 use bytes::BytesMut;
+use clap::Args;
 use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
 use mqtt_core::client::{Client, ClientConfig, ClientEvent, TransportDeadReason};
+use mqtt_quic::ServerTrust;
 
 use super::TCP_CONNECT_TIMEOUT;
+use crate::quic::{load_certs, QuicClientConn};
+
+/// Transport flags shared by `pub` and `sub` (mosquitto's `--cafile` and
+/// `--insecure`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TransportArgs {
+    /// MQTT over QUIC (UDP; TLS 1.3, ALPN "mqtt", one stream) instead of
+    /// TCP. Needs --cafile or --insecure.
+    #[arg(long)]
+    pub quic: bool,
+    /// PEM CA certificates the server's certificate must chain to (--quic).
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Do not verify the server's certificate (--quic; tests only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Name the server's certificate must carry (--quic; default: --host).
+    #[arg(long = "server-name", value_name = "NAME")]
+    pub server_name: Option<String>,
+}
+
+/// The connection a tool talks over.
+pub(crate) enum Link {
+    Tcp(Async<TcpStream>),
+    Quic(Box<QuicClientConn>),
+}
+
+impl Link {
+    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Tcp(s) => s.read(buf).await,
+            Link::Quic(q) => q.read(buf).await,
+        }
+    }
+
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Link::Tcp(s) => s.write_all(bytes).await,
+            Link::Quic(q) => q.write_all(bytes).await,
+        }
+    }
+
+    /// Flush and end our side (FIN for TCP after a flush, stream FIN for QUIC).
+    pub(crate) async fn finish(&mut self) {
+        match self {
+            Link::Tcp(s) => {
+                let _ = s.flush().await;
+                let _ = s.get_ref().shutdown(std::net::Shutdown::Both);
+            }
+            Link::Quic(q) => q.finish(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Opens [`Link`]s as the transport flags say (the CA file is read once).
+pub(crate) struct Dialer {
+    /// `Some((trust, server name))` for QUIC.
+    quic: Option<(ServerTrust, String)>,
+}
+
+impl Dialer {
+    /// Check the flags and load the CA file; `host` is the default server
+    /// name for QUIC.
+    pub(crate) fn new(transport: &TransportArgs, host: &str) -> anyhow::Result<Self> {
+        transport.check()?;
+        let quic = if transport.quic {
+            let name = transport.server_name.as_deref().unwrap_or(host).to_owned();
+            Some((transport.trust()?, name))
+        } else {
+            None
+        };
+        Ok(Self { quic })
+    }
+
+    /// Connect to the first address that accepts.
+    pub(crate) async fn dial(&self, addrs: &[SocketAddr]) -> anyhow::Result<Link> {
+        Ok(match &self.quic {
+            Some((trust, name)) => {
+                Link::Quic(Box::new(connect_quic(addrs, name, trust.clone()).await?))
+            }
+            None => Link::Tcp(connect(addrs).await?),
+        })
+    }
+}
+
+impl TransportArgs {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.quic && (self.cafile.is_some() || self.insecure || self.server_name.is_some()) {
+            bail!("--cafile, --insecure and --server-name need --quic");
+        }
+        if self.quic && self.cafile.is_none() && !self.insecure {
+            bail!("--quic verifies the server's certificate: give --cafile FILE (or --insecure)");
+        }
+        Ok(())
+    }
+
+    fn trust(&self) -> anyhow::Result<ServerTrust> {
+        match &self.cafile {
+            Some(path) => {
+                let path = path.to_string_lossy();
+                Ok(ServerTrust::Roots(
+                    load_certs("--cafile", &path).map_err(|e| anyhow!("{e}"))?,
+                ))
+            }
+            None => {
+                eprintln!("warning: --insecure: the server's certificate is not verified");
+                Ok(ServerTrust::InsecureSkipVerify)
+            }
+        }
+    }
+}
 
 /// Bytes read from the socket per read call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -64,22 +179,28 @@ enum Wake {
 /// connection ends. `Ok` only when it ended with our own DISCONNECT.
 pub(crate) fn run(
     addrs: &[SocketAddr],
+    host: &str,
+    transport: &TransportArgs,
     config: ClientConfig,
     debug: bool,
     tool: &mut dyn Tool,
 ) -> anyhow::Result<()> {
+    let dialer = Dialer::new(transport, host)?;
     let mut client = Client::new(config, Instant::now())
         .map_err(|e| anyhow!("invalid client configuration: {e}"))?;
     future::block_on(async {
-        let mut stream = connect(addrs).await?;
+        let mut stream = dialer.dial(addrs).await?;
         if debug {
-            eprintln!("connected to {}", stream.get_ref().peer_addr()?);
+            match &stream {
+                Link::Tcp(s) => eprintln!("connected to {}", s.get_ref().peer_addr()?),
+                Link::Quic(_) => eprintln!("connected over QUIC to {host}"),
+            }
         }
         let reason = drive(&mut stream, &mut client, debug, tool).await?;
         if debug {
             eprintln!("connection ended: {reason}");
         }
-        let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
+        stream.finish().await;
         client.handle_transport_down(Instant::now());
         match reason {
             TransportDeadReason::ClientDisconnect => Ok(()),
@@ -94,6 +215,22 @@ pub(crate) fn run(
             other => bail!("connection ended: {other}"),
         }
     })
+}
+
+async fn connect_quic(
+    addrs: &[SocketAddr],
+    server_name: &str,
+    trust: ServerTrust,
+) -> anyhow::Result<QuicClientConn> {
+    let mut last = None;
+    for addr in addrs {
+        match QuicClientConn::connect(*addr, server_name, trust.clone(), TCP_CONNECT_TIMEOUT).await
+        {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(anyhow!("cannot connect over QUIC to {addr}: {e}")),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no address to connect to")))
 }
 
 async fn connect(addrs: &[SocketAddr]) -> anyhow::Result<Async<TcpStream>> {
@@ -126,7 +263,7 @@ async fn connect(addrs: &[SocketAddr]) -> anyhow::Result<Async<TcpStream>> {
 /// The loop. Returns why the transport died (after writing what the client
 /// still had to send), or an error from the socket or the tool.
 async fn drive(
-    stream: &mut Async<TcpStream>,
+    stream: &mut Link,
     client: &mut Client,
     debug: bool,
     tool: &mut dyn Tool,
@@ -158,7 +295,6 @@ async fn drive(
                     while let Some(bytes) = client.poll_transmit() {
                         let _ = stream.write_all(&bytes).await;
                     }
-                    let _ = stream.flush().await;
                     return Ok(reason);
                 }
                 tool.on_event(client, event, Instant::now())?;

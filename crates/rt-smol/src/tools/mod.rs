@@ -12,6 +12,7 @@
 //! There is no reconnection: a connection that ends other than by our own
 //! DISCONNECT is an error, and the tool exits non-zero saying why.
 
+pub mod bench;
 mod driver;
 mod publish;
 mod subscribe;

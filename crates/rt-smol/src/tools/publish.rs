@@ -12,7 +12,7 @@ use clap::{ArgAction, ArgGroup, Args};
 use mqtt_core::client::{Client, ClientEvent};
 use mqtt_core::codec::{Properties, QoS, ReasonCode};
 
-use super::driver::{self, Tool};
+use super::driver::{self, Tool, TransportArgs};
 use super::{parse_user_property, ConnArgs};
 
 /// Publishes queued in the client at once; more are queued as they leave.
@@ -27,6 +27,8 @@ const STDIN_AHEAD: usize = 64;
 pub struct PubArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Topic to publish to.
     #[arg(short = 't', long, value_name = "TOPIC")]
     pub topic: String,
@@ -93,7 +95,14 @@ pub fn run_pub(args: PubArgs) -> anyhow::Result<()> {
         input_done: !args.stdin_line,
         disconnecting: false,
     };
-    driver::run(&addrs, config, args.conn.debug, &mut tool)
+    driver::run(
+        &addrs,
+        &args.conn.host,
+        &args.transport,
+        config,
+        args.conn.debug,
+        &mut tool,
+    )
 }
 
 /// Lines of stdin, read on a thread (stdin has no portable async reader).

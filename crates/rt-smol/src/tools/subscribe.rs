@@ -8,7 +8,7 @@ use clap::{ArgAction, Args};
 use mqtt_core::client::{Client, ClientEvent};
 use mqtt_core::codec::{Properties, Publish, QoS, ReasonCode, SubscriptionOptions};
 
-use super::driver::{self, Tool};
+use super::driver::{self, Tool, TransportArgs};
 use super::publish::refused;
 use super::ConnArgs;
 
@@ -18,6 +18,8 @@ use super::ConnArgs;
 pub struct SubArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Topic filter to subscribe to (repeatable).
     #[arg(short = 't', long, value_name = "FILTER", required = true)]
     pub topic: Vec<String>,
@@ -65,7 +67,14 @@ pub fn run_sub(args: SubArgs) -> anyhow::Result<()> {
         disconnecting: false,
         out: std::io::stdout(),
     };
-    driver::run(&addrs, config, args.conn.debug, &mut tool)
+    driver::run(
+        &addrs,
+        &args.conn.host,
+        &args.transport,
+        config,
+        args.conn.debug,
+        &mut tool,
+    )
 }
 
 struct Subscriber<'a> {
