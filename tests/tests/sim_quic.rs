@@ -7,6 +7,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +18,7 @@ use mqtt_core::broker::BrokerConfig;
 use mqtt_core::codec::{ProtocolVersion, QoS};
 use mqtt_quic::QuicSettings;
 use sansmq_tests::sim::quic::{sim_settings, QUIC_PORT};
-use sansmq_tests::sim::scenario::add_client;
+use sansmq_tests::sim::scenario::{add_client, bridge_connected, edge_bridge};
 use sansmq_tests::sim::{
     run_seeds, seeds_from_env, BridgedBrokerNode, ClientNode, DatagramConfig, Failure, HostId,
     LinkConfig, PartitionKind, SimQuic, World,
@@ -144,17 +145,21 @@ impl Setup {
         assert_eq!(w.add_host(Box::new(node), true), edge);
         (edge, cloud)
     }
+
+    /// [`Setup::build`] with UDP between edge and cloud blocked from the
+    /// start. The edge node does not exist before it is built: block at
+    /// the cloud first and at the edge right after it is added (same
+    /// instant).
+    fn build_udp_blocked(&self, w: &mut World) -> (HostId, HostId) {
+        let (edge, cloud) = self.build(w, |w, edge, cloud| block_udp_at(w, cloud, edge, true));
+        block_udp(w, edge, cloud, true);
+        (edge, cloud)
+    }
 }
 
-fn edge_node(w: &World, edge: HostId) -> &BridgedBrokerNode {
-    w.node::<BridgedBrokerNode>(edge)
-}
-
-fn connected(w: &World, edge: HostId) -> bool {
-    matches!(
-        edge_node(w, edge).bridge_state(0),
-        Some(BridgeState::Connected { .. })
-    )
+/// `f` for each seed of `default` (or `SIM_SEED`), reported as `name`.
+fn each_seed(name: &str, default: Range<u64>, f: impl Fn(u64) -> Result<(), Failure>) {
+    run_seeds(TEST, name, &seeds_from_env(default), f);
 }
 
 fn at(w: &World, t: Instant) -> f64 {
@@ -168,15 +173,78 @@ fn quic_handshake_bound(link: &LinkConfig) -> Duration {
     (link.latency + link.jitter) * 4
 }
 
+/// Block or unblock UDP from `peer` at `host`'s QUIC endpoint.
+fn block_udp_at(w: &mut World, host: HostId, peer: HostId, blocked: bool) {
+    w.with_node::<BridgedBrokerNode, _>(host, |n, _| {
+        if let Some(q) = &mut n.quic {
+            q.block_udp(peer, blocked);
+        }
+    });
+}
+
 /// Block or unblock UDP between `a` and `b` at both endpoints (streams
 /// keep flowing).
 fn block_udp(w: &mut World, a: HostId, b: HostId, blocked: bool) {
     for (host, peer) in [(a, b), (b, a)] {
-        w.with_node::<BridgedBrokerNode, _>(host, |n, _| {
-            if let Some(q) = &mut n.quic {
-                q.block_udp(peer, blocked);
-            }
-        });
+        block_udp_at(w, host, peer, blocked);
+    }
+}
+
+/// MQTT clients on the brokers (MQTT 5, `client_link()`), in this order
+/// and as many as asked: the edge publisher, the cloud subscriber, the
+/// cloud publisher, the edge subscriber. The cloud subscriber subscribes
+/// to `up/#` at `up_qos`.
+fn add_clients<const N: usize>(
+    w: &mut World,
+    edge: HostId,
+    cloud: HostId,
+    up_qos: QoS,
+) -> [HostId; N] {
+    let all = [
+        (EDGE_PUB, edge),
+        (CLOUD_SUB, cloud),
+        (CLOUD_PUB, cloud),
+        (EDGE_SUB, edge),
+    ];
+    assert!(N <= all.len(), "at most {} clients", all.len());
+    let mut hosts = [HostId(0); N];
+    for (slot, (id, broker)) in hosts.iter_mut().zip(all) {
+        *slot = add_client(w, id, broker, ProtocolVersion::V5, client_link());
+    }
+    w.with_node::<ClientNode, _>(hosts[1], |c, cx| c.subscribe(cx, "up/#", up_qos));
+    hosts
+}
+
+/// QoS 1 for even `i`, QoS 2 for odd.
+fn qos_1_or_2(i: u64) -> QoS {
+    if i.is_multiple_of(2) {
+        QoS::AtLeastOnce
+    } else {
+        QoS::ExactlyOnce
+    }
+}
+
+/// `host` publishes 16 bytes on `topic` now.
+fn publish(w: &mut World, host: HostId, topic: &str, qos: QoS) {
+    w.with_node::<ClientNode, _>(host, |c, cx| {
+        c.publish(cx, topic, qos, 16);
+    });
+}
+
+/// `host` publishes `n` messages on `topic`, QoS 1 and 2 alternating, the
+/// first at `first` and then one `every`.
+fn schedule_publishes(
+    w: &mut World,
+    host: HostId,
+    topic: &'static str,
+    n: u64,
+    first: Duration,
+    every: Duration,
+) {
+    for i in 0..n {
+        let qos = qos_1_or_2(i);
+        let t = first + every * u32::try_from(i).expect("count");
+        w.schedule(t, move |w| publish(w, host, topic, qos));
     }
 }
 
@@ -208,106 +276,109 @@ fn finish(w: &mut World, ledger: bool, mut problems: Vec<String>) -> Result<(), 
 /// the one after the dial in progress fails) plus one handshake.
 #[test]
 fn quic_bridge_connects_after_ten_minutes_unreachable() {
-    let name = "quic_bridge_connects_after_ten_minutes_unreachable";
-    run_seeds(TEST, name, &seeds_from_env(0..40), |seed| {
-        let s = Setup::new(seed);
-        let mut w = World::new(seed, client_link());
-        let outage = secs(600);
-        let (edge, _cloud) = s.build(&mut w, move |w, edge, cloud| {
-            w.partition(edge, cloud, outage, PartitionKind::Drop)
-        });
-        w.run_until(outage);
-        let mut problems = Vec::new();
-        let returned = w.base() + outage;
-        {
-            let n = edge_node(&w, edge);
+    each_seed(
+        "quic_bridge_connects_after_ten_minutes_unreachable",
+        0..40,
+        |seed| {
+            let s = Setup::new(seed);
+            let mut w = World::new(seed, client_link());
+            let outage = secs(600);
+            let (edge, _cloud) = s.build(&mut w, move |w, edge, cloud| {
+                w.partition(edge, cloud, outage, PartitionKind::Drop)
+            });
+            w.run_until(outage);
+            let mut problems = Vec::new();
+            let returned = w.base() + outage;
+            {
+                let n = edge_bridge(&w, edge);
+                let r = &n.records[0];
+                if !r.connected_at().is_empty() {
+                    problems.push("connected through a partition".into());
+                }
+                let q = n.quic.as_ref().expect("quic");
+                let kinds = q.stats.close_kinds();
+                if kinds.keys().any(|k| *k != "handshake-timeout") || kinds.is_empty() {
+                    problems.push(format!("QUIC closes during the outage: {kinds:?}"));
+                }
+                // Never stop: the last dial is within one capped backoff plus
+                // one attempt of the end.
+                let last = r.dials.last().map(|d| d.at);
+                let limit = s.bridge.reconnect.cap + s.quic.handshake_timeout;
+                if last.is_none_or(|t| returned.saturating_duration_since(t) > limit) {
+                    problems.push(format!("dials stopped: last at {last:?}"));
+                }
+                if r.dials.len() < 15 {
+                    problems.push(format!("only {} dials in 10 minutes", r.dials.len()));
+                }
+            }
+            w.run_for(s.bridge.reconnect.cap + secs(30));
+            let n = edge_bridge(&w, edge);
             let r = &n.records[0];
-            if !r.connected_at().is_empty() {
-                problems.push("connected through a partition".into());
-            }
-            let q = n.quic.as_ref().expect("quic");
-            let kinds = q.stats.close_kinds();
-            if kinds.keys().any(|k| *k != "handshake-timeout") || kinds.is_empty() {
-                problems.push(format!("QUIC closes during the outage: {kinds:?}"));
-            }
-            // Never stop: the last dial is within one capped backoff plus
-            // one attempt of the end.
-            let last = r.dials.last().map(|d| d.at);
-            let limit = s.bridge.reconnect.cap + s.quic.handshake_timeout;
-            if last.is_none_or(|t| returned.saturating_duration_since(t) > limit) {
-                problems.push(format!("dials stopped: last at {last:?}"));
-            }
-            if r.dials.len() < 15 {
-                problems.push(format!("only {} dials in 10 minutes", r.dials.len()));
-            }
-        }
-        w.run_for(s.bridge.reconnect.cap + secs(30));
-        let n = edge_node(&w, edge);
-        let r = &n.records[0];
-        let hs = quic_handshake_bound(&s.link);
-        let Some(&up) = r.connected_at().first() else {
-            problems.push("never connected after the network returned".into());
-            return finish(&mut w, false, problems);
-        };
-        // Where the bridge was when the network returned.
-        let state = r
-            .states
-            .iter()
-            .rev()
-            .find(|st| st.at <= returned)
-            .map(|st| st.to.clone());
-        let bound = match state {
-            Some(BridgeState::Backoff { until }) => until + hs,
-            Some(BridgeState::Dialing { .. }) | Some(BridgeState::Handshaking { .. }) => {
-                // The dial in progress may still make it (QUIC retransmits
-                // its Initial); else it fails by its handshake timeout and
-                // one backoff follows.
-                let dial = r
-                    .dials
-                    .iter()
-                    .rev()
-                    .find(|d| d.at <= returned)
-                    .map(|d| d.at);
-                match r.backoffs().into_iter().find(|(t, _, _)| *t >= returned) {
-                    Some((t, until, _)) if t < up => {
-                        let give_up = dial.map(|d| d + s.quic.handshake_timeout);
-                        if give_up.is_some_and(|g| t > g) {
-                            problems.push(format!(
+            let hs = quic_handshake_bound(&s.link);
+            let Some(&up) = r.connected_at().first() else {
+                problems.push("never connected after the network returned".into());
+                return finish(&mut w, false, problems);
+            };
+            // Where the bridge was when the network returned.
+            let state = r
+                .states
+                .iter()
+                .rev()
+                .find(|st| st.at <= returned)
+                .map(|st| st.to.clone());
+            let bound = match state {
+                Some(BridgeState::Backoff { until }) => until + hs,
+                Some(BridgeState::Dialing { .. }) | Some(BridgeState::Handshaking { .. }) => {
+                    // The dial in progress may still make it (QUIC retransmits
+                    // its Initial); else it fails by its handshake timeout and
+                    // one backoff follows.
+                    let dial = r
+                        .dials
+                        .iter()
+                        .rev()
+                        .find(|d| d.at <= returned)
+                        .map(|d| d.at);
+                    match r.backoffs().into_iter().find(|(t, _, _)| *t >= returned) {
+                        Some((t, until, _)) if t < up => {
+                            let give_up = dial.map(|d| d + s.quic.handshake_timeout);
+                            if give_up.is_some_and(|g| t > g) {
+                                problems.push(format!(
                                 "the dial of +{:.6}s gave up at +{:.6}s, after its handshake timeout",
                                 dial.map_or(0.0, |d| at(&w, d)),
                                 at(&w, t)
                             ));
+                            }
+                            until + hs
                         }
-                        until + hs
+                        _ => dial.map_or(returned, |d| d + s.quic.handshake_timeout),
                     }
-                    _ => dial.map_or(returned, |d| d + s.quic.handshake_timeout),
                 }
-            }
-            other => {
-                problems.push(format!("state at the return: {other:?}"));
-                returned
-            }
-        };
-        eprintln!(
+                other => {
+                    problems.push(format!("state at the return: {other:?}"));
+                    returned
+                }
+            };
+            eprintln!(
             "sim_quic seed {seed}: {} dials during the outage, network back at +{:.3}s, connected at +{:.6}s (bound +{:.6}s)",
             r.dials.iter().filter(|d| d.at < returned).count(),
             at(&w, returned),
             at(&w, up),
             at(&w, bound)
         );
-        if up > bound {
-            problems.push(format!(
-                "connected at +{:.6}s, bound +{:.6}s (network back at +{:.6}s)",
-                at(&w, up),
-                at(&w, bound),
-                at(&w, returned)
-            ));
-        }
-        if !connected(&w, edge) {
-            problems.push("not connected at the end".into());
-        }
-        finish(&mut w, false, problems)
-    });
+            if up > bound {
+                problems.push(format!(
+                    "connected at +{:.6}s, bound +{:.6}s (network back at +{:.6}s)",
+                    at(&w, up),
+                    at(&w, bound),
+                    at(&w, returned)
+                ));
+            }
+            if !bridge_connected(&w, edge) {
+                problems.push("not connected at the end".into());
+            }
+            finish(&mut w, false, problems)
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -349,7 +420,7 @@ fn cycle(w: &mut World, run: Shared) {
         run.borrow_mut().done = true;
         return;
     }
-    if !connected(w, edge) {
+    if !bridge_connected(w, edge) {
         let t = w.elapsed() + ms(50);
         w.schedule(t, move |w| cycle(w, run));
         return;
@@ -357,7 +428,7 @@ fn cycle(w: &mut World, run: Shared) {
     let up = w.rng().duration(ms(200), secs(2));
     // The cloud has the bridge's subscription once it connected (SUBSCRIBE
     // follows CONNECT): publish down only a second after the first connect.
-    let first = edge_node(w, edge).records[0]
+    let first = edge_bridge(w, edge).records[0]
         .connected_at()
         .first()
         .copied();
@@ -377,11 +448,7 @@ fn cycle(w: &mut World, run: Shared) {
                 QoS::ExactlyOnce
             };
             let topic = format!("{topic}/{}", rng.index(3));
-            w.schedule(t, move |w| {
-                w.with_node::<ClientNode, _>(host, |c, cx| {
-                    c.publish(cx, &topic, qos, 16);
-                });
-            });
+            w.schedule(t, move |w| publish(w, host, &topic, qos));
         }
     }
     w.schedule(now + up, move |w| fault(w, run));
@@ -392,7 +459,7 @@ fn fault(w: &mut World, run: Shared) {
         let r = run.borrow();
         (r.edge, r.cloud)
     };
-    if !connected(w, edge) {
+    if !bridge_connected(w, edge) {
         return cycle(w, run);
     }
     let kind = FAULTS[w.rng().index(FAULTS.len())];
@@ -418,7 +485,7 @@ fn wait_for_loss(w: &mut World, run: Shared, polls: u32) {
     let edge = run.borrow().edge;
     // A vanished remote is noticed by the PINGREQ timeout (keep alive +
     // ping timeout) or QUIC's idle timeout, whichever first.
-    if connected(w, edge) && polls < 1000 {
+    if bridge_connected(w, edge) && polls < 1000 {
         let t = w.elapsed() + ms(50);
         w.schedule(t, move |w| wait_for_loss(w, run, polls + 1));
     } else {
@@ -468,8 +535,7 @@ fn quic_remote_close_reset_vanish_loses_nothing() {
 /// bytes; a different seed gives a different run.
 #[test]
 fn quic_run_replays_from_its_seed() {
-    let name = "quic_run_replays_from_its_seed";
-    run_seeds(TEST, name, &seeds_from_env(7..9), |seed| {
+    each_seed("quic_run_replays_from_its_seed", 7..9, |seed| {
         let a = fault_run(seed, 4)?;
         let b = fault_run(seed, 4)?;
         let c = fault_run(seed + 100, 4)?;
@@ -512,12 +578,8 @@ fn fault_run(seed: u64, per_seed: u32) -> Result<FaultRun, Failure> {
         };
         let mut w = World::new(seed, client_link());
         let (edge, cloud) = s.build(&mut w, |_, _, _| {});
-        let v = ProtocolVersion::V5;
-        let edge_pub = add_client(&mut w, EDGE_PUB, edge, v, client_link());
-        let cloud_sub = add_client(&mut w, CLOUD_SUB, cloud, v, client_link());
-        let cloud_pub = add_client(&mut w, CLOUD_PUB, cloud, v, client_link());
-        let edge_sub = add_client(&mut w, EDGE_SUB, edge, v, client_link());
-        w.with_node::<ClientNode, _>(cloud_sub, |c, cx| c.subscribe(cx, "up/#", QoS::ExactlyOnce));
+        let [edge_pub, cloud_sub, cloud_pub, edge_sub] =
+            add_clients(&mut w, edge, cloud, QoS::ExactlyOnce);
         w.with_node::<ClientNode, _>(edge_sub, |c, cx| {
             c.subscribe(cx, "down/#", QoS::ExactlyOnce)
         });
@@ -550,7 +612,7 @@ fn fault_run(seed: u64, per_seed: u32) -> Result<FaultRun, Failure> {
                 limit.as_secs_f64()
             ));
         }
-        let n = edge_node(&w, edge);
+        let n = edge_bridge(&w, edge);
         let m = n.node.bridge_metrics().remove(0);
         if !matches!(m.state, BridgeState::Connected { .. }) || m.cache_depth != 0 {
             problems.push(format!("bridge not connected with an empty cache: {m:?}"));
@@ -615,58 +677,33 @@ fn fault_run(seed: u64, per_seed: u32) -> Result<FaultRun, Failure> {
 /// cloud, none lost (MQTT 4.3).
 #[test]
 fn quic_subscribe_before_first_connect() {
-    let name = "quic_subscribe_before_first_connect";
-    run_seeds(TEST, name, &seeds_from_env(0..10), |seed| {
+    each_seed("quic_subscribe_before_first_connect", 0..10, |seed| {
         let mut s = Setup::new(seed);
         s.link.jitter = ms(5);
         let mut w = World::new(seed, client_link());
-        let (edge, cloud) = s.build(&mut w, |w, edge, cloud| {
-            // The edge node does not exist yet: block at the cloud now and
-            // at the edge right after it is added (same instant).
-            w.with_node::<BridgedBrokerNode, _>(cloud, |n, _| {
-                if let Some(q) = &mut n.quic {
-                    q.block_udp(edge, true);
-                }
-            });
-        });
-        block_udp(&mut w, edge, cloud, true);
-        let v = ProtocolVersion::V5;
-        let edge_pub = add_client(&mut w, EDGE_PUB, edge, v, client_link());
-        let cloud_sub = add_client(&mut w, CLOUD_SUB, cloud, v, client_link());
-        let cloud_pub = add_client(&mut w, CLOUD_PUB, cloud, v, client_link());
-        let edge_sub = add_client(&mut w, EDGE_SUB, edge, v, client_link());
-        w.with_node::<ClientNode, _>(cloud_sub, |c, cx| c.subscribe(cx, "up/#", QoS::ExactlyOnce));
+        let (edge, cloud) = s.build_udp_blocked(&mut w);
+        let [edge_pub, _cloud_sub, cloud_pub, edge_sub] =
+            add_clients(&mut w, edge, cloud, QoS::ExactlyOnce);
         w.run_until(secs(1));
         w.with_node::<ClientNode, _>(edge_sub, |c, cx| {
             c.subscribe(cx, "down/#", QoS::ExactlyOnce)
         });
-        for i in 0..40u64 {
-            let qos = if i % 2 == 0 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::ExactlyOnce
-            };
-            w.schedule(secs(2) + secs(i), move |w| {
-                w.with_node::<ClientNode, _>(edge_pub, |c, cx| {
-                    c.publish(cx, "up/a", qos, 16);
-                });
-            });
-        }
+        schedule_publishes(&mut w, edge_pub, "up/a", 40, secs(2), secs(1));
         w.run_until(secs(5));
         let mut problems = Vec::new();
-        if w.node::<ClientNode>(edge_sub).subacks != 1 || connected(&w, edge) {
+        if w.node::<ClientNode>(edge_sub).subacks != 1 || bridge_connected(&w, edge) {
             problems.push(format!(
                 "at +5s: edge subscriber SUBACKs {}, bridge {:?}",
                 w.node::<ClientNode>(edge_sub).subacks,
-                edge_node(&w, edge).bridge_state(0)
+                edge_bridge(&w, edge).bridge_state(0)
             ));
         }
         w.run_until(secs(60));
-        if w.checks.ledger.deliveries != 0 || connected(&w, edge) {
+        if w.checks.ledger.deliveries != 0 || bridge_connected(&w, edge) {
             problems.push(format!(
                 "before the network opened: {} deliveries, bridge {:?}",
                 w.checks.ledger.deliveries,
-                edge_node(&w, edge).bridge_state(0)
+                edge_bridge(&w, edge).bridge_state(0)
             ));
         }
         block_udp(&mut w, edge, cloud, false);
@@ -676,20 +713,13 @@ fn quic_subscribe_before_first_connect() {
             if left == 0 {
                 return;
             }
-            let up = edge_node(w, edge).records[0]
+            let up = edge_bridge(w, edge).records[0]
                 .connected_at()
                 .first()
                 .copied();
             let ready = up.is_some_and(|t| w.now() >= t + secs(1));
             if ready {
-                let qos = if left.is_multiple_of(2) {
-                    QoS::AtLeastOnce
-                } else {
-                    QoS::ExactlyOnce
-                };
-                w.with_node::<ClientNode, _>(cloud_pub, |c, cx| {
-                    c.publish(cx, "down/a", qos, 16);
-                });
+                publish(w, cloud_pub, "down/a", qos_1_or_2(u64::from(left)));
             }
             let t = w.elapsed() + ms(200);
             let left = if ready { left - 1 } else { left };
@@ -697,7 +727,7 @@ fn quic_subscribe_before_first_connect() {
         }
         publish_down(&mut w, edge, cloud_pub, 30);
         w.run_until(secs(150));
-        let r = &edge_node(&w, edge).records[0];
+        let r = &edge_bridge(&w, edge).records[0];
         if r.connected_at().len() != 1 {
             problems.push(format!("connected {} times", r.connected_at().len()));
         }
@@ -726,8 +756,7 @@ fn quic_subscribe_before_first_connect() {
 /// the other scenarios check it.
 #[test]
 fn quic_bridge_keepalive_under_load_and_loss() {
-    let name = "quic_bridge_keepalive_under_load_and_loss";
-    run_seeds(TEST, name, &seeds_from_env(0..1), |seed| {
+    each_seed("quic_bridge_keepalive_under_load_and_loss", 0..1, |seed| {
         let mut s = Setup::new(seed);
         s.link = LinkConfig {
             latency: ms(50),
@@ -752,10 +781,7 @@ fn quic_bridge_keepalive_under_load_and_loss() {
             ..DatagramConfig::default()
         };
         let (edge, cloud) = s.build(&mut w, |_, _, _| {});
-        let v = ProtocolVersion::V5;
-        let edge_pub = add_client(&mut w, EDGE_PUB, edge, v, client_link());
-        let cloud_sub = add_client(&mut w, CLOUD_SUB, cloud, v, client_link());
-        w.with_node::<ClientNode, _>(cloud_sub, |c, cx| c.subscribe(cx, "up/#", QoS::AtLeastOnce));
+        let [edge_pub, _cloud_sub] = add_clients(&mut w, edge, cloud, QoS::AtLeastOnce);
         w.run_until(secs(2));
         let start = w.elapsed();
         let load = secs(60);
@@ -780,7 +806,7 @@ fn quic_bridge_keepalive_under_load_and_loss() {
         let delivered_in_load = w.checks.ledger.deliveries;
         w.run_for(secs(30));
         let mut problems = Vec::new();
-        let n = edge_node(&w, edge);
+        let n = edge_bridge(&w, edge);
         let r = &n.records[0];
         if r.connected_at().len() != 1 {
             problems.push(format!(
@@ -868,43 +894,21 @@ fn quic_bridge_keepalive_under_load_and_loss() {
 /// lost.
 #[test]
 fn quic_hybrid_falls_back_to_tcp_and_returns() {
-    let name = "quic_hybrid_falls_back_to_tcp_and_returns";
-    run_seeds(TEST, name, &seeds_from_env(0..10), |seed| {
+    each_seed("quic_hybrid_falls_back_to_tcp_and_returns", 0..10, |seed| {
         let mut s = Setup::new(seed);
         s.bridge.transports = vec![Transport::Quic, Transport::Tcp];
         s.quic.handshake_timeout = secs(3);
         s.bridge.connect_timeout = secs(10);
         let mut w = World::new(seed, client_link());
-        let (edge, cloud) = s.build(&mut w, |w, edge, cloud| {
-            w.with_node::<BridgedBrokerNode, _>(cloud, |n, _| {
-                if let Some(q) = &mut n.quic {
-                    q.block_udp(edge, true);
-                }
-            });
-        });
-        block_udp(&mut w, edge, cloud, true);
-        let v = ProtocolVersion::V5;
-        let edge_pub = add_client(&mut w, EDGE_PUB, edge, v, client_link());
-        let cloud_sub = add_client(&mut w, CLOUD_SUB, cloud, v, client_link());
-        w.with_node::<ClientNode, _>(cloud_sub, |c, cx| c.subscribe(cx, "up/#", QoS::ExactlyOnce));
-        for i in 0..80u64 {
-            let qos = if i % 2 == 0 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::ExactlyOnce
-            };
-            w.schedule(secs(1) + ms(i * 750), move |w| {
-                w.with_node::<ClientNode, _>(edge_pub, |c, cx| {
-                    c.publish(cx, "up/h", qos, 16);
-                });
-            });
-        }
+        let (edge, cloud) = s.build_udp_blocked(&mut w);
+        let [edge_pub, _cloud_sub] = add_clients(&mut w, edge, cloud, QoS::ExactlyOnce);
+        schedule_publishes(&mut w, edge_pub, "up/h", 80, secs(1), ms(750));
         w.run_until(secs(30));
         let mut problems = Vec::new();
         let hs_quic = s.quic.handshake_timeout;
         let tcp_hs = (s.link.latency + s.link.jitter) * 4;
         {
-            let r = &edge_node(&w, edge).records[0];
+            let r = &edge_bridge(&w, edge).records[0];
             let d = &r.dials;
             let ok = d.len() == 2
                 && d[0].transport == Transport::Quic
@@ -936,7 +940,7 @@ fn quic_hybrid_falls_back_to_tcp_and_returns() {
         }
         w.run_until(secs(100));
         {
-            let r = &edge_node(&w, edge).records[0];
+            let r = &edge_bridge(&w, edge).records[0];
             let conns: Vec<_> = r
                 .states
                 .iter()
@@ -954,7 +958,7 @@ fn quic_hybrid_falls_back_to_tcp_and_returns() {
                     if *t <= until + quic_handshake_bound(&s.link) => {}
                 other => problems.push(format!("after UDP opened: connections {other:?}")),
             }
-            let q = edge_node(&w, edge).quic.as_ref().expect("quic");
+            let q = edge_bridge(&w, edge).quic.as_ref().expect("quic");
             if q.stats.close_kinds().get("handshake-timeout") != Some(&1) {
                 problems.push(format!("QUIC closes: {:?}", q.stats.close_kinds()));
             }

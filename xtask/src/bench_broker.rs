@@ -11,11 +11,14 @@
 //! table, so a run where it, not the broker, was the bottleneck shows.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::bench_util::{
+    self, parse_value, summary_json, tail, wait_output, wait_ready, KillOnDrop, Ready,
+};
 use crate::util::{self, err, Result};
 
 const USAGE: &str = "\
@@ -157,7 +160,7 @@ pub fn run_cli(args: &[String]) -> Result<()> {
     let sansmq = match &opts.sansmq {
         Some(path) if path.is_file() => path.clone(),
         Some(path) => return Err(err!("--sansmq: no file at {}", path.display())),
-        None => build_sansmq()?,
+        None => bench_util::build_sansmq("bench broker")?,
     };
     let mut brokers = vec![Broker::Sansmq];
     for peer in &opts.peers {
@@ -291,23 +294,17 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--runs" => {
                 let v = value("--runs")?;
-                runs = Some(
-                    v.parse::<usize>()
-                        .ok()
-                        .filter(|n| *n >= 1)
-                        .ok_or_else(|| err!("--runs: expected a positive integer, got `{v}`"))?,
-                );
+                runs = Some(parse_value(
+                    "--runs",
+                    &v,
+                    |n: &usize| *n >= 1,
+                    "a positive integer",
+                )?);
             }
             "--duration" => {
                 let v = value("--duration")?;
-                duration = Some(
-                    v.parse::<f64>()
-                        .ok()
-                        .filter(|d| *d > 0.0 && *d <= 600.0)
-                        .ok_or_else(|| {
-                            err!("--duration: expected seconds (0 to 600), got `{v}`")
-                        })?,
-                );
+                let ok = |d: &f64| *d > 0.0 && *d <= 600.0;
+                duration = Some(parse_value("--duration", &v, ok, "seconds (0 to 600)")?);
             }
             "--quick" => opts.quick = true,
             "--only" => opts.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
@@ -332,38 +329,6 @@ fn parse(args: &[String]) -> Result<Options> {
         opts.duration = d;
     }
     Ok(opts)
-}
-
-/// The directory cargo builds into (CARGO_TARGET_DIR when set).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_relative() {
-                util::repo_root().join(p)
-            } else {
-                p
-            }
-        })
-        .unwrap_or_else(|| util::repo_root().join("target"))
-}
-
-fn build_sansmq() -> Result<PathBuf> {
-    println!("bench broker: building sansmq (release)");
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "rt-smol",
-        "--bin",
-        "sansmq",
-    ]))?;
-    let bin = target_dir().join("release/sansmq");
-    if !bin.is_file() {
-        return Err(err!("{} is missing after the build", bin.display()));
-    }
-    Ok(bin)
 }
 
 /// rumqttd from ~/.cache/sansmq-tools, installed there on first use.
@@ -442,23 +407,8 @@ impl Sample {
 
 /// A broker process, killed on drop if still running.
 struct Running {
-    child: Child,
+    child: KillOnDrop,
     port: u16,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| err!("cannot find a free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| err!("cannot find a free port: {e}"))
 }
 
 /// A started broker that is still alive after settling, with its RSS then.
@@ -476,8 +426,9 @@ fn start_settled(
         let mut running = start_broker(opts, sansmq, broker, work)?;
         // Let the broker settle after start-up before the baseline.
         std::thread::sleep(Duration::from_millis(200));
-        let alive = matches!(running.child.try_wait(), Ok(None));
-        match rss_kib(running.child.id(), "VmRSS:") {
+        let child = running.child.child()?;
+        let alive = matches!(child.try_wait(), Ok(None));
+        match rss_kib(child.id(), "VmRSS:") {
             Ok(rss) if alive => return Ok((running, rss)),
             Ok(_) => last = Some(err!("{} exited right after start", broker.name())),
             Err(e) => last = Some(e),
@@ -487,7 +438,7 @@ fn start_settled(
 }
 
 fn start_broker(opts: &Options, sansmq: &Path, broker: Broker, work: &Path) -> Result<Running> {
-    let port = free_port()?;
+    let port = bench_util::free_tcp_port()?;
     let log = work.join(format!("{}.log", broker.name()));
     let (program, args): (PathBuf, Vec<String>) = match broker {
         Broker::Sansmq => {
@@ -533,9 +484,7 @@ fn start_broker(opts: &Options, sansmq: &Path, broker: Broker, work: &Path) -> R
             )
         }
     };
-    let log_file =
-        std::fs::File::create(&log).map_err(|e| err!("cannot create {}: {e}", log.display()))?;
-    let log_err = log_file.try_clone().map_err(|e| err!("{e}"))?;
+    let (log_file, log_err) = bench_util::log_files(&log)?;
     // The soft fd limit goes up to the hard one before exec (10k idle
     // connections need more than the usual 1,024).
     let mut cmd = Command::new("sh");
@@ -549,29 +498,24 @@ fn start_broker(opts: &Options, sansmq: &Path, broker: Broker, work: &Path) -> R
     let child = cmd
         .spawn()
         .map_err(|e| err!("cannot start {}: {e}", program.display()))?;
-    let mut running = Running { child, port };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return Ok(running);
-        }
-        if let Ok(Some(status)) = running.child.try_wait() {
+    let mut child = KillOnDrop::new(child);
+    let listening = || TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok();
+    match wait_ready(child.child()?, Duration::from_secs(15), listening) {
+        Ready::Yes => Ok(Running { child, port }),
+        Ready::Exited(status) => {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(err!(
+            Err(err!(
                 "{} exited at start ({status}); log {}:\n{}",
                 broker.name(),
                 log.display(),
                 tail(&text, 20)
-            ));
+            ))
         }
-        if Instant::now() >= deadline {
-            return Err(err!(
-                "{} did not listen on port {port} within 15 s (log {})",
-                broker.name(),
-                log.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        Ready::TimedOut => Err(err!(
+            "{} did not listen on port {port} within 15 s (log {})",
+            broker.name(),
+            log.display()
+        )),
     }
 }
 
@@ -600,11 +544,6 @@ next_connection_delay_ms = 0
     dynamic_filters = true
 "#
     )
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// /proc/<pid>/stat utime + stime, in clock ticks.
@@ -658,8 +597,8 @@ fn run_once(
     work: &Path,
     ticks: f64,
 ) -> Result<Sample> {
-    let (running, rss0) = start_settled(opts, sansmq, broker, work)?;
-    let pid = running.child.id();
+    let (mut running, rss0) = start_settled(opts, sansmq, broker, work)?;
+    let pid = running.child.child()?.id();
     let cpu0 = cpu_ticks(pid)?;
     let t0 = Instant::now();
 
@@ -715,20 +654,7 @@ fn run_once(
             "`{shown}` did not finish within {limit:?} and was killed"
         ));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(err!(
-            "`{shown}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let json = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| err!("`{shown}` printed no JSON summary: {stdout}"))?;
-    let m = parse_flat_json(json)?;
+    let m = summary_json(&out, &format!("`{shown}`"))?;
     let f = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let broker_cpu = (cpu1.saturating_sub(cpu0)) as f64 / ticks;
     let received = f("received");
@@ -768,51 +694,6 @@ fn run_once(
         },
         rss_before_mib: rss0 as f64 / 1024.0,
     })
-}
-
-/// Wait for `child` at most `limit`; kill it when it takes longer.
-fn wait_output(mut child: Child, limit: Duration) -> Result<(std::process::Output, bool)> {
-    let deadline = Instant::now() + limit;
-    let mut hung = false;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                hung = true;
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(err!("waiting for the bench: {e}")),
-        }
-    }
-    // The summary is one short line, far below the pipe buffer, so reading
-    // after the exit cannot deadlock.
-    let out = child
-        .wait_with_output()
-        .map_err(|e| err!("reading the bench output: {e}"))?;
-    Ok((out, hung))
-}
-
-/// `{"k":1.5,"mode":"x",...}`: the bench's flat summary; numbers only are
-/// kept (the summary has no nested values and no commas inside strings).
-fn parse_flat_json(line: &str) -> Result<BTreeMap<String, f64>> {
-    let body = line
-        .trim()
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .ok_or_else(|| err!("not a JSON object: {line}"))?;
-    let mut map = BTreeMap::new();
-    for pair in body.split(',') {
-        let (k, v) = pair
-            .split_once(':')
-            .ok_or_else(|| err!("malformed JSON pair `{pair}`"))?;
-        let k = k.trim().trim_matches('"');
-        if let Ok(v) = v.trim().parse::<f64>() {
-            map.insert(k.to_owned(), v);
-        }
-    }
-    Ok(map)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -973,15 +854,6 @@ fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flat_json_numbers_parse() {
-        let m = parse_flat_json(r#"{"mode":"pubsub","received":12,"recv_rate":3.500}"#)
-            .expect("parses");
-        assert_eq!(m.get("received"), Some(&12.0));
-        assert_eq!(m.get("recv_rate"), Some(&3.5));
-        assert!(!m.contains_key("mode"));
-    }
 
     #[test]
     fn medians() {

@@ -26,13 +26,16 @@
 //! bounded in time and killed on the way out; the namespaces are deleted
 //! even when a run fails.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::bench_util::{
+    self, build_sansmq, free_tcp_port, log_files, parse_value, summary_json, tail, target_dir,
+    wait_ready, KillOnDrop, Ready,
+};
 use crate::util::{self, err, Result};
 
 const USAGE: &str = "\
@@ -132,7 +135,7 @@ pub fn run_cli(args: &[String]) -> Result<()> {
     let opts = parse(args)?;
     let sansmq = match &opts.sansmq {
         Some(p) => p.clone(),
-        None => build_sansmq()?,
+        None => build_sansmq("bench quic")?,
     };
     let work = target_dir().join("bench-quic");
     std::fs::create_dir_all(&work).map_err(|e| err!("cannot create {}: {e}", work.display()))?;
@@ -235,27 +238,17 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             "--duration" => {
                 let v = value("--duration")?;
-                opts.duration = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|d| d.is_finite() && *d > 0.0 && *d <= 600.0)
-                    .ok_or_else(|| err!("--duration: expected seconds in (0, 600], got {v:?}"))?;
+                let ok = |d: &f64| d.is_finite() && *d > 0.0 && *d <= 600.0;
+                opts.duration = parse_value("--duration", &v, ok, "seconds in (0, 600]")?;
             }
             "--rate" => {
                 let v = value("--rate")?;
-                opts.rate = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|r| *r > 0)
-                    .ok_or_else(|| err!("--rate: expected a positive integer, got {v:?}"))?;
+                opts.rate = parse_value("--rate", &v, |r| *r > 0, "a positive integer")?;
             }
             "--clients" => {
                 let v = value("--clients")?;
-                opts.clients = v
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|r| (1..=1000).contains(r))
-                    .ok_or_else(|| err!("--clients: expected 1..=1000, got {v:?}"))?;
+                let ok = |r: &u64| (1..=1000).contains(r);
+                opts.clients = parse_value("--clients", &v, ok, "1..=1000")?;
             }
             "--no-netem" => opts.netem = false,
             "--netns-without-netem" => opts.netns_only = true,
@@ -264,38 +257,6 @@ fn parse(args: &[String]) -> Result<Options> {
         }
     }
     Ok(opts)
-}
-
-/// The directory cargo builds into (CARGO_TARGET_DIR when set).
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_relative() {
-                util::repo_root().join(p)
-            } else {
-                p
-            }
-        })
-        .unwrap_or_else(|| util::repo_root().join("target"))
-}
-
-fn build_sansmq() -> Result<PathBuf> {
-    println!("bench quic: building sansmq (release)");
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "rt-smol",
-        "--bin",
-        "sansmq",
-    ]))?;
-    let bin = target_dir().join("release/sansmq");
-    if !bin.is_file() {
-        return Err(err!("{} is missing after the build", bin.display()));
-    }
-    Ok(bin)
 }
 
 /// A self-signed certificate (ECDSA P-256, not a CA) for the cloud's QUIC
@@ -333,13 +294,6 @@ fn make_certs(work: &Path) -> Result<()> {
     Ok(())
 }
 
-fn free_tcp_port() -> Result<u16> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| err!("cannot find a free TCP port: {e}"))
-}
-
 fn free_udp_port() -> Result<u16> {
     UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|s| s.local_addr())
@@ -369,31 +323,26 @@ fn command(place: Place, side: Side, program: &Path) -> Command {
 
 /// A broker process, killed when dropped.
 struct Broker {
-    child: Child,
+    child: KillOnDrop,
     log: PathBuf,
     name: &'static str,
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Broker {
-    fn start(place: Place, side: Side, sansmq: &Path, config: &Path, log: PathBuf) -> Result<Self> {
+    /// The `side` broker of run `tag`, configured by `<work>/<side>-<tag>.toml`,
+    /// logging to `<work>/<side>-<tag>.log`.
+    fn start(place: Place, side: Side, sansmq: &Path, work: &Path, tag: &str) -> Result<Self> {
         let name = match side {
             Side::Edge => "edge",
             Side::Cloud => "cloud",
         };
-        let file = std::fs::File::create(&log)
-            .map_err(|e| err!("cannot create {}: {e}", log.display()))?;
-        let file2 = file.try_clone().map_err(|e| err!("{e}"))?;
+        let config = work.join(format!("{name}-{tag}.toml"));
+        let log = work.join(format!("{name}-{tag}.log"));
+        let (file, file2) = log_files(&log)?;
         let mut cmd = command(place, side, sansmq);
         cmd.arg("start")
             .arg("--config")
-            .arg(config)
+            .arg(&config)
             .args(["--log-level", "info"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -402,41 +351,37 @@ impl Broker {
         let child = cmd
             .spawn()
             .map_err(|e| err!("cannot start the {name} broker: {e}"))?;
-        Ok(Self { child, log, name })
+        Ok(Self {
+            child: KillOnDrop::new(child),
+            log,
+            name,
+        })
     }
 
     /// Wait until the log has a line containing every one of `all`.
     fn wait_log(&mut self, all: &[&str], limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
+        let logged = || {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if text.lines().any(|l| all.iter().all(|w| l.contains(w))) {
-                return Ok(());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(err!(
-                    "the {} broker exited ({status}); log {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&text, 20)
-                ));
-            }
-            if Instant::now() >= deadline {
-                return Err(err!(
-                    "the {} broker logged no {all:?} within {limit:?}; log {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    tail(&text, 20)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            text.lines().any(|l| all.iter().all(|w| l.contains(w)))
+        };
+        let ready = wait_ready(self.child.child()?, limit, logged);
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        match ready {
+            Ready::Yes => Ok(()),
+            Ready::Exited(status) => Err(err!(
+                "the {} broker exited ({status}); log {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&text, 20)
+            )),
+            Ready::TimedOut => Err(err!(
+                "the {} broker logged no {all:?} within {limit:?}; log {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&text, 20)
+            )),
         }
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Windows raised for a 100 ms RTT: a QoS 1 link needs rate x RTT in flight.
@@ -505,21 +450,9 @@ fn run_once(
     )
     .map_err(|e| err!("cannot write {}: {e}", edge_conf.display()))?;
 
-    let mut cloud = Broker::start(
-        place,
-        Side::Cloud,
-        sansmq,
-        &cloud_conf,
-        work.join(format!("cloud-{tag}.log")),
-    )?;
+    let mut cloud = Broker::start(place, Side::Cloud, sansmq, work, &tag)?;
     cloud.wait_log(&["listening (QUIC)"], Duration::from_secs(15))?;
-    let mut edge = Broker::start(
-        place,
-        Side::Edge,
-        sansmq,
-        &edge_conf,
-        work.join(format!("edge-{tag}.log")),
-    )?;
+    let mut edge = Broker::start(place, Side::Edge, sansmq, work, &tag)?;
     edge.wait_log(&["bridge state: connected"], Duration::from_secs(30))?;
 
     let d = opts.duration;
@@ -551,7 +484,7 @@ fn run_once(
     let sub_child = sub
         .spawn()
         .map_err(|e| err!("cannot start the bench subscriber: {e}"))?;
-    let sub_child = KillOnDrop(Some(sub_child));
+    let sub_child = KillOnDrop::new(sub_child);
     // The subscriber connects and subscribes within this (loopback).
     std::thread::sleep(Duration::from_secs_f64(warmup));
 
@@ -583,9 +516,9 @@ fn run_once(
             .map_err(|e| err!("cannot start the bench publisher: {e}"))?,
         Duration::from_secs_f64(d + 60.0),
     )?;
-    let pub_json = summary_json(&pub_out, "publisher")?;
+    let pub_json = summary_json(&pub_out, "the bench publisher")?;
     let sub_out = wait_output(sub_child.take()?, Duration::from_secs_f64(d + drain + 30.0))?;
-    let sub_json = summary_json(&sub_out, "subscriber")?;
+    let sub_json = summary_json(&sub_out, "the bench subscriber")?;
     drop(edge);
     drop(cloud);
 
@@ -602,76 +535,14 @@ fn run_once(
     })
 }
 
-/// A child killed when dropped, unless taken.
-struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    fn take(mut self) -> Result<Child> {
-        self.0.take().ok_or_else(|| err!("child already taken"))
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Wait for `child` at most `limit` (then kill it and fail).
-fn wait_output(mut child: Child, limit: Duration) -> Result<std::process::Output> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err!(
-                    "a bench process did not finish within {limit:?} and was killed"
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(err!("waiting for a bench process: {e}")),
-        }
+fn wait_output(child: Child, limit: Duration) -> Result<std::process::Output> {
+    match bench_util::wait_output(child, limit)? {
+        (_, true) => Err(err!(
+            "a bench process did not finish within {limit:?} and was killed"
+        )),
+        (out, false) => Ok(out),
     }
-    // The summary is one short line, far below the pipe buffer.
-    child
-        .wait_with_output()
-        .map_err(|e| err!("reading a bench process's output: {e}"))
-}
-
-/// The bench's one-line JSON summary, numbers only.
-fn summary_json(out: &std::process::Output, who: &str) -> Result<BTreeMap<String, f64>> {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(err!(
-            "the bench {who} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .ok_or_else(|| err!("the bench {who} printed no JSON summary: {stdout}"))?;
-    let body = line
-        .trim()
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .ok_or_else(|| err!("not a JSON object: {line}"))?;
-    let mut map = BTreeMap::new();
-    for pair in body.split(',') {
-        if let Some((k, v)) = pair.split_once(':') {
-            if let Ok(v) = v.trim().parse::<f64>() {
-                map.insert(k.trim().trim_matches('"').to_owned(), v);
-            }
-        }
-    }
-    Ok(map)
 }
 
 /// The two namespaces and the veth pair; deleted when dropped.

@@ -6,6 +6,7 @@ mod arch;
 mod bench;
 mod bench_broker;
 mod bench_quic;
+mod bench_util;
 mod ci;
 mod fuzz;
 mod sim;

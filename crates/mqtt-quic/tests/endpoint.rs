@@ -82,35 +82,125 @@ impl Net {
     }
 
     fn pair(s: &QuicSettings, c: &Cert, trust: ServerTrust) -> Self {
+        Self::pair_seeded(s, c, trust, ([1; 32], [2; 32]))
+    }
+
+    /// A client trusting `trust` and a server with `c`, endpoints seeded
+    /// with `seeds` (client, server).
+    fn pair_seeded(
+        s: &QuicSettings,
+        c: &Cert,
+        trust: ServerTrust,
+        seeds: ([u8; 32], [u8; 32]),
+    ) -> Self {
         let server = server_config(c.chain.clone(), c.key.clone_key(), None, s).expect("server");
         let client = client_config(trust, None, s).expect("client");
         Self::new(
-            QuicEndpoint::new(None, Some(client), s, Some([1; 32])),
-            QuicEndpoint::new(Some(server), None, s, Some([2; 32])),
+            QuicEndpoint::new(None, Some(client), s, Some(seeds.0)),
+            QuicEndpoint::new(Some(server), None, s, Some(seeds.1)),
         )
+    }
+
+    /// A server with a fresh `localhost` certificate and a client that
+    /// trusts exactly it.
+    fn trusted(s: &QuicSettings) -> (Cert, Self) {
+        let c = cert("localhost");
+        let net = Self::pair(s, &c, ServerTrust::Roots(c.chain.clone()));
+        (c, net)
+    }
+
+    /// [`Net::trusted`] with [`settings`], established with `first` sent.
+    fn established(first: &[u8]) -> (Self, QuicConnId, QuicConnId) {
+        let (_c, mut net) = Self::trusted(&settings());
+        let (cid, sid) = net.establish(first);
+        (net, cid, sid)
+    }
+
+    /// The client connects to the server (`localhost`) now.
+    fn connect(&mut self) -> QuicConnId {
+        let now = self.now;
+        self.client
+            .connect(now, self.saddr, "localhost")
+            .expect("connect")
+    }
+
+    /// Run until the client side of `cid` closed; when and why.
+    fn client_closes(&mut self, limit: Duration, cid: QuicConnId) -> (Instant, QuicCloseReason) {
+        self.run_until(limit, |n| Net::closed(&n.cev, cid).is_some());
+        Net::closed(&self.cev, cid).expect("closed")
+    }
+
+    /// Run until the server side of `sid` closed; when and why.
+    fn server_closes(&mut self, limit: Duration, sid: QuicConnId) -> (Instant, QuicCloseReason) {
+        self.run_until(limit, |n| Net::closed(&n.sev, sid).is_some());
+        Net::closed(&self.sev, sid).expect("closed")
+    }
+
+    /// Run until both sides closed `cid` / `sid`.
+    fn both_close(&mut self, limit: Duration, cid: QuicConnId, sid: QuicConnId) {
+        self.run_until(limit, |n| {
+            Net::closed(&n.cev, cid).is_some() && Net::closed(&n.sev, sid).is_some()
+        });
+    }
+
+    /// Run until both endpoints forgot every connection (30 s at most).
+    fn drain(&mut self) {
+        self.run_until(Duration::from_secs(30), |n| {
+            n.client.connection_count() == 0 && n.server.connection_count() == 0
+        });
+    }
+
+    /// Run until the client received exactly `want` on `cid`.
+    fn client_gets(&mut self, limit: Duration, cid: QuicConnId, want: &[u8]) {
+        self.run_until(limit, |n| Net::data(&n.cev, cid) == want);
+    }
+
+    /// Run until the server accepted a connection and received exactly
+    /// `want` on it.
+    fn server_gets(&mut self, limit: Duration, want: &[u8]) {
+        self.run_until(limit, |n| {
+            n.server_accepted()
+                .is_some_and(|s| Net::data(&n.sev, s) == want)
+        });
+    }
+
+    /// The server answers CONNACK, the client reads it within `limit`,
+    /// closes the connection, and both endpoints drain.
+    fn connack_then_close(&mut self, limit: Duration, cid: QuicConnId, sid: QuicConnId) {
+        self.server
+            .write(sid, Bytes::from_static(b"CONNACK"))
+            .expect("write");
+        self.client_gets(limit, cid, b"CONNACK");
+        let now = self.now;
+        self.client.close(now, cid, 0, "");
+        self.drain();
     }
 
     /// Move everything that is ready now; true if anything moved.
     fn pump(&mut self) -> bool {
         let mut moved = false;
         let now = self.now;
-        while let Some(d) = self.client.poll_transmit(now) {
-            assert_eq!(d.destination, self.saddr);
-            moved = true;
-            for seg in d.segments() {
-                self.sent.push((now - self.start, true, seg.len()));
-                if !self.drop_to_server {
-                    self.wire.push_back((now + LATENCY, true, self.caddr, seg));
-                }
-            }
-        }
-        while let Some(d) = self.server.poll_transmit(now) {
-            assert_eq!(d.destination, self.caddr);
-            moved = true;
-            for seg in d.segments() {
-                self.sent.push((now - self.start, false, seg.len()));
-                if !self.drop_to_client {
-                    self.wire.push_back((now + LATENCY, false, self.saddr, seg));
+        // The client's datagrams first, then the server's.
+        for to_server in [true, false] {
+            let (from, (endpoint, to, dropped)) = if to_server {
+                (
+                    self.caddr,
+                    (&mut self.client, self.saddr, self.drop_to_server),
+                )
+            } else {
+                (
+                    self.saddr,
+                    (&mut self.server, self.caddr, self.drop_to_client),
+                )
+            };
+            while let Some(d) = endpoint.poll_transmit(now) {
+                assert_eq!(d.destination, to);
+                moved = true;
+                for seg in d.segments() {
+                    self.sent.push((now - self.start, to_server, seg.len()));
+                    if !dropped {
+                        self.wire.push_back((now + LATENCY, to_server, from, seg));
+                    }
                 }
             }
         }
@@ -230,10 +320,7 @@ impl Net {
 
 #[test]
 fn handshake_then_bytes_both_ways_in_order() {
-    let c = cert("localhost");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
-    let (cid, sid) = net.establish(b"CONNECT");
+    let (mut net, cid, sid) = Net::established(b"CONNECT");
     net.run_until(Duration::from_secs(10), |n| {
         Net::data(&n.sev, sid) == b"CONNECT"
     });
@@ -266,19 +353,12 @@ fn handshake_then_bytes_both_ways_in_order() {
 
 #[test]
 fn handshake_timeout_fires_exactly_when_datagrams_are_dropped() {
-    let c = cert("localhost");
     let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (_c, mut net) = Net::trusted(&s);
     net.drop_to_server = true;
     let t0 = net.now;
-    let cid = net
-        .client
-        .connect(t0, net.saddr, "localhost")
-        .expect("connect");
-    net.run_until(Duration::from_secs(20), |n| {
-        Net::closed(&n.cev, cid).is_some()
-    });
-    let (at, reason) = Net::closed(&net.cev, cid).expect("closed");
+    let cid = net.connect();
+    let (at, reason) = net.client_closes(Duration::from_secs(20), cid);
     assert_eq!(reason, QuicCloseReason::HandshakeTimeout);
     // Exact in virtual time: the deadline is a timer, not a poll.
     assert_eq!(at - t0, s.handshake_timeout);
@@ -287,17 +367,14 @@ fn handshake_timeout_fires_exactly_when_datagrams_are_dropped() {
 
 #[test]
 fn idle_timeout_when_the_peer_goes_silent() {
-    let c = cert("localhost");
     let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (_c, mut net) = Net::trusted(&s);
     let (cid, sid) = net.establish(b"hi");
     // The peer vanishes: nothing gets through any more, either way.
     net.drop_to_server = true;
     net.drop_to_client = true;
     let t0 = net.now;
-    net.run_until(Duration::from_secs(120), |n| {
-        Net::closed(&n.cev, cid).is_some() && Net::closed(&n.sev, sid).is_some()
-    });
+    net.both_close(Duration::from_secs(120), cid, sid);
     let (at, reason) = Net::closed(&net.cev, cid).expect("client closed");
     assert_eq!(reason, QuicCloseReason::IdleTimeout);
     // RFC 9000 10.1: at least the idle timeout (or 3 PTO if larger).
@@ -312,12 +389,11 @@ fn idle_timeout_when_the_peer_goes_silent() {
 
 #[test]
 fn quic_keep_alive_keeps_an_idle_connection_open() {
-    let c = cert("localhost");
     let s = QuicSettings {
         keep_alive_interval: Some(Duration::from_secs(5)),
         ..settings()
     };
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (_c, mut net) = Net::trusted(&s);
     let (cid, _) = net.establish(b"hi");
     let until = net.now + 3 * s.idle_timeout;
     net.run_until(4 * s.idle_timeout, |n| n.now >= until);
@@ -327,16 +403,10 @@ fn quic_keep_alive_keeps_an_idle_connection_open() {
 
 #[test]
 fn peer_close_surfaces_with_its_code() {
-    let c = cert("localhost");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
-    let (cid, sid) = net.establish(b"hi");
+    let (mut net, cid, sid) = Net::established(b"hi");
     let now = net.now;
     net.server.close(now, sid, 7, "bye");
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::closed(&n.cev, cid).is_some()
-    });
-    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
+    let (_, reason) = net.client_closes(Duration::from_secs(10), cid);
     assert_eq!(
         reason,
         QuicCloseReason::PeerClosed {
@@ -347,44 +417,29 @@ fn peer_close_surfaces_with_its_code() {
     let (_, local) = Net::closed(&net.sev, sid).expect("server closed too");
     assert_eq!(local, QuicCloseReason::LocallyClosed);
     // Both sides forget the connection once drained.
-    net.run_until(Duration::from_secs(30), |n| {
-        n.client.connection_count() == 0 && n.server.connection_count() == 0
-    });
+    net.drain();
 }
 
 #[test]
 fn stream_reset_surfaces_as_stream_reset() {
-    let c = cert("localhost");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
-    let (cid, sid) = net.establish(b"hi");
+    let (mut net, cid, sid) = Net::established(b"hi");
     let now = net.now;
     net.client.reset(now, cid, 9);
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::closed(&n.sev, sid).is_some()
-    });
-    let (_, reason) = Net::closed(&net.sev, sid).expect("closed");
+    let (_, reason) = net.server_closes(Duration::from_secs(10), sid);
     assert_eq!(reason, QuicCloseReason::StreamReset { code: 9 });
-    net.run_until(Duration::from_secs(30), |n| {
-        n.client.connection_count() == 0 && n.server.connection_count() == 0
-    });
+    net.drain();
 }
 
 #[test]
 fn finish_delivers_everything_then_the_peer_sees_the_end() {
-    let c = cert("localhost");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
-    let (cid, sid) = net.establish(b"CONNECT");
+    let (mut net, cid, sid) = Net::established(b"CONNECT");
     let now = net.now;
     net.server
         .write(sid, Bytes::from_static(b"DISCONNECT"))
         .expect("write");
     net.server.finish(now, sid);
     assert!(net.server.write(sid, Bytes::from_static(b"x")).is_err());
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::closed(&n.cev, cid).is_some() && Net::closed(&n.sev, sid).is_some()
-    });
+    net.both_close(Duration::from_secs(10), cid, sid);
     assert_eq!(Net::data(&net.cev, cid), b"DISCONNECT");
     let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
     // FIN arrives first (PeerFinished); our reaction closes the connection.
@@ -399,7 +454,6 @@ fn finish_delivers_everything_then_the_peer_sees_the_end() {
 
 #[test]
 fn large_transfer_respects_flow_control_and_arrives_intact() {
-    let c = cert("localhost");
     let s = QuicSettings {
         stream_receive_window: 64 * 1024,
         receive_window: 128 * 1024,
@@ -407,7 +461,7 @@ fn large_transfer_respects_flow_control_and_arrives_intact() {
         max_datagrams_per_transmit: 10,
         ..settings()
     };
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (_c, mut net) = Net::trusted(&s);
     let (cid, sid) = net.establish(b"C");
     let total = 2 * 1024 * 1024;
     let payload: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
@@ -435,66 +489,46 @@ fn large_transfer_respects_flow_control_and_arrives_intact() {
     assert!(max_seen_buffered > 0);
 }
 
+/// The client connects to a server with `server_cert`, trusting `trust`,
+/// and the handshake fails with a TLS reason.
+fn tls_failure(server_cert: &Cert, trust: ServerTrust) -> Net {
+    let mut net = Net::pair(&settings(), server_cert, trust);
+    let cid = net.connect();
+    let (_, reason) = net.client_closes(Duration::from_secs(10), cid);
+    assert!(matches!(reason, QuicCloseReason::Tls(_)), "{reason:?}");
+    net
+}
+
 #[test]
 fn untrusted_certificate_fails_with_a_tls_reason() {
     let server_cert = cert("localhost");
     let other = cert("localhost");
-    let s = settings();
-    let mut net = Net::pair(&s, &server_cert, ServerTrust::Roots(other.chain.clone()));
-    let now = net.now;
-    let cid = net
-        .client
-        .connect(now, net.saddr, "localhost")
-        .expect("connect");
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::closed(&n.cev, cid).is_some()
-    });
-    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
-    assert!(matches!(reason, QuicCloseReason::Tls(_)), "{reason:?}");
+    let net = tls_failure(&server_cert, ServerTrust::Roots(other.chain.clone()));
     assert!(net.server_accepted().is_none());
 }
 
 #[test]
 fn wrong_server_name_fails_with_a_tls_reason() {
     let c = cert("broker.example");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
-    let now = net.now;
-    let cid = net
-        .client
-        .connect(now, net.saddr, "localhost")
-        .expect("connect");
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::closed(&n.cev, cid).is_some()
-    });
-    let (_, reason) = Net::closed(&net.cev, cid).expect("closed");
-    assert!(matches!(reason, QuicCloseReason::Tls(_)), "{reason:?}");
+    tls_failure(&c, ServerTrust::Roots(c.chain.clone()));
 }
 
 #[test]
 fn insecure_skip_verify_accepts_any_certificate() {
     let c = cert("broker.example");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::InsecureSkipVerify);
+    let mut net = Net::pair(&settings(), &c, ServerTrust::InsecureSkipVerify);
     let (_, sid) = net.establish(b"x");
     net.run_until(Duration::from_secs(10), |n| Net::data(&n.sev, sid) == b"x");
 }
 
 #[test]
 fn a_refusing_server_refuses_new_connections() {
-    let c = cert("localhost");
     let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (_c, mut net) = Net::trusted(&s);
     net.server.set_refusing(true);
     let now = net.now;
-    let cid = net
-        .client
-        .connect(now, net.saddr, "localhost")
-        .expect("connect");
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::closed(&n.cev, cid).is_some()
-    });
-    let (at, reason) = Net::closed(&net.cev, cid).expect("closed");
+    let cid = net.connect();
+    let (at, reason) = net.client_closes(Duration::from_secs(10), cid);
     assert_eq!(reason, QuicCloseReason::Refused);
     // A refusal is an answer, long before the handshake timeout.
     assert!(at - now < s.handshake_timeout);
@@ -527,11 +561,7 @@ fn client_certificates_are_verified_when_a_client_ca_is_set() {
             QuicEndpoint::new(None, Some(cc), &s, Some([5; 32])),
             QuicEndpoint::new(Some(sc.clone()), None, &s, Some([6; 32])),
         );
-        let now = net.now;
-        let cid = net
-            .client
-            .connect(now, net.saddr, "localhost")
-            .expect("connect");
+        let cid = net.connect();
         net.client
             .write(cid, Bytes::from_static(b"CONNECT"))
             .expect("write");
@@ -548,30 +578,14 @@ fn client_certificates_are_verified_when_a_client_ca_is_set() {
 
 #[test]
 fn zero_rtt_resumption_sends_mqtt_in_the_first_flight() {
-    let c = cert("localhost");
-    let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
-    let (cid, sid) = net.establish(b"CONNECT-1");
-    net.server
-        .write(sid, Bytes::from_static(b"CONNACK"))
-        .expect("write");
+    let (mut net, cid, sid) = Net::established(b"CONNECT-1");
     // Let the session tickets arrive, then end the first connection.
-    net.run_until(Duration::from_secs(5), |n| {
-        Net::data(&n.cev, cid) == b"CONNACK"
-    });
-    let now = net.now;
-    net.client.close(now, cid, 0, "");
-    net.run_until(Duration::from_secs(30), |n| {
-        n.client.connection_count() == 0 && n.server.connection_count() == 0
-    });
+    net.connack_then_close(Duration::from_secs(5), cid, sid);
     net.cev.clear();
     net.sev.clear();
 
     let now = net.now;
-    let cid2 = net
-        .client
-        .connect(now, net.saddr, "localhost")
-        .expect("reconnect");
+    let cid2 = net.connect();
     // Connected at once, before any datagram went anywhere: 0-RTT.
     while let Some(event) = net.client.poll_event() {
         net.cev.push(Seen { at: now, event });
@@ -580,47 +594,26 @@ fn zero_rtt_resumption_sends_mqtt_in_the_first_flight() {
     net.client
         .write(cid2, Bytes::from_static(b"CONNECT-2"))
         .expect("write");
-    net.run_until(Duration::from_secs(5), |n| {
-        n.server_accepted()
-            .is_some_and(|s| Net::data(&n.sev, s) == b"CONNECT-2")
-    });
+    net.server_gets(Duration::from_secs(5), b"CONNECT-2");
     assert!(net.client.accepted_0rtt(cid2));
 }
 
 #[test]
 fn rejected_zero_rtt_is_replayed_on_a_fresh_stream() {
-    let c = cert("localhost");
     let s = settings();
-    let mut net = Net::pair(&s, &c, ServerTrust::Roots(c.chain.clone()));
+    let (c, mut net) = Net::trusted(&s);
     let (cid, sid) = net.establish(b"CONNECT-1");
-    net.server
-        .write(sid, Bytes::from_static(b"CONNACK"))
-        .expect("write");
-    net.run_until(Duration::from_secs(5), |n| {
-        Net::data(&n.cev, cid) == b"CONNACK"
-    });
-    let now = net.now;
-    net.client.close(now, cid, 0, "");
-    net.run_until(Duration::from_secs(30), |n| {
-        n.client.connection_count() == 0 && n.server.connection_count() == 0
-    });
+    net.connack_then_close(Duration::from_secs(5), cid, sid);
     // The server restarts: it no longer knows the client's session ticket.
     let sc = server_config(c.chain.clone(), c.key.clone_key(), None, &s).expect("server");
     net.server = QuicEndpoint::new(Some(sc), None, &s, Some([7; 32]));
     net.cev.clear();
     net.sev.clear();
-    let now = net.now;
-    let cid2 = net
-        .client
-        .connect(now, net.saddr, "localhost")
-        .expect("reconnect");
+    let cid2 = net.connect();
     net.client
         .write(cid2, Bytes::from_static(b"CONNECT-2"))
         .expect("write");
-    net.run_until(Duration::from_secs(5), |n| {
-        n.server_accepted()
-            .is_some_and(|s| Net::data(&n.sev, s) == b"CONNECT-2")
-    });
+    net.server_gets(Duration::from_secs(5), b"CONNECT-2");
     assert!(!net.client.accepted_0rtt(cid2));
     // Exactly one Connected for the connection, and it stays usable.
     let connected = net
@@ -632,10 +625,7 @@ fn rejected_zero_rtt_is_replayed_on_a_fresh_stream() {
     net.client
         .write(cid2, Bytes::from_static(b"+more"))
         .expect("write");
-    net.run_until(Duration::from_secs(5), |n| {
-        n.server_accepted()
-            .is_some_and(|s| Net::data(&n.sev, s) == b"CONNECT-2+more")
-    });
+    net.server_gets(Duration::from_secs(5), b"CONNECT-2+more");
 }
 
 #[test]
@@ -670,24 +660,9 @@ fn effective_keep_alive_stays_below_the_idle_timeout() {
 /// (with their times) and the size and time of every datagram sent.
 fn trace_of_a_run(c: &Cert, seeds: ([u8; 32], [u8; 32])) -> Vec<String> {
     let s = settings();
-    let server = server_config(c.chain.clone(), c.key.clone_key(), None, &s).expect("server");
-    let client = client_config(ServerTrust::Roots(c.chain.clone()), None, &s).expect("client");
-    let mut net = Net::new(
-        QuicEndpoint::new(None, Some(client), &s, Some(seeds.0)),
-        QuicEndpoint::new(Some(server), None, &s, Some(seeds.1)),
-    );
+    let mut net = Net::pair_seeded(&s, c, ServerTrust::Roots(c.chain.clone()), seeds);
     let (cid, sid) = net.establish(b"CONNECT");
-    net.server
-        .write(sid, Bytes::from_static(b"CONNACK"))
-        .expect("write");
-    net.run_until(Duration::from_secs(10), |n| {
-        Net::data(&n.cev, cid) == b"CONNACK"
-    });
-    let now = net.now;
-    net.client.close(now, cid, 0, "");
-    net.run_until(Duration::from_secs(30), |n| {
-        n.client.connection_count() == 0 && n.server.connection_count() == 0
-    });
+    net.connack_then_close(Duration::from_secs(10), cid, sid);
     let mut trace: Vec<String> = net
         .cev
         .iter()

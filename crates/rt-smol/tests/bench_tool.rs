@@ -20,137 +20,139 @@ fn bin() -> &'static Path {
 /// a hang.
 const T: Duration = Duration::from_secs(60);
 
-/// The one-line JSON summary: numeric fields only (`mode` is the only
-/// string and is checked by the caller through the raw line).
-fn parse_summary(stdout: &[u8]) -> (String, BTreeMap<String, f64>) {
-    let text = String::from_utf8_lossy(stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON summary in {text:?}"))
-        .to_owned();
-    let body = line
-        .strip_prefix('{')
-        .and_then(|l| l.strip_suffix('}'))
-        .unwrap_or_else(|| panic!("not one JSON object: {line}"));
-    let mut map = BTreeMap::new();
-    for pair in body.split(',') {
-        let (k, v) = pair
-            .split_once(':')
-            .unwrap_or_else(|| panic!("bad pair {pair:?} in {line}"));
-        if let Ok(v) = v.parse::<f64>() {
-            map.insert(k.trim_matches('"').to_owned(), v);
+/// The one-line JSON summary: the raw line and its numeric fields (`mode`
+/// is the only string and is checked through the raw line).
+struct Summary {
+    line: String,
+    map: BTreeMap<String, f64>,
+}
+
+impl Summary {
+    fn parse(stdout: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON summary in {text:?}"))
+            .to_owned();
+        let body = line
+            .strip_prefix('{')
+            .and_then(|l| l.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("not one JSON object: {line}"));
+        let mut map = BTreeMap::new();
+        for pair in body.split(',') {
+            let (k, v) = pair
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad pair {pair:?} in {line}"));
+            if let Ok(v) = v.parse::<f64>() {
+                map.insert(k.trim_matches('"').to_owned(), v);
+            }
         }
+        Self { line, map }
     }
-    (line, map)
+
+    fn field(&self, key: &str) -> f64 {
+        *self
+            .map
+            .get(key)
+            .unwrap_or_else(|| panic!("summary lacks {key}: {:?}", self.map))
+    }
+
+    /// `key` is exactly `want`.
+    fn expect(&self, key: &str, want: f64) {
+        assert_eq!(self.field(key), want, "{}", self.line);
+    }
+
+    /// The summary is of a `bench <mode>` run.
+    fn expect_mode(&self, mode: &str) {
+        let quoted = format!("\"mode\":\"{mode}\"");
+        assert!(self.line.contains(&quoted), "{}", self.line);
+    }
+
+    fn assert_latency_ordered(&self) {
+        let m = &self.map;
+        let (p50, p90, p99, max) = (
+            self.field("lat_p50_us"),
+            self.field("lat_p90_us"),
+            self.field("lat_p99_us"),
+            self.field("lat_max_us"),
+        );
+        assert!(p50 >= 1.0, "p50 missing: {m:?}");
+        assert!(
+            p50 <= p90 && p90 <= p99 && p99 <= max,
+            "percentiles out of order: {m:?}"
+        );
+        assert_eq!(
+            self.field("lat_count"),
+            self.field("received"),
+            "one latency per message"
+        );
+    }
 }
 
-fn field(map: &BTreeMap<String, f64>, key: &str) -> f64 {
-    *map.get(key)
-        .unwrap_or_else(|| panic!("summary lacks {key}: {map:?}"))
+/// `bench <mode> --port <broker's port> <args> --json` (`args` split on
+/// white space).
+fn bench_args(broker: &Sansmq, mode: &str, args: &str) -> Vec<String> {
+    let port = broker.addr.port().to_string();
+    ["bench", mode, "--port", &port]
+        .into_iter()
+        .chain(args.split_whitespace())
+        .chain(["--json"])
+        .map(str::to_owned)
+        .collect()
 }
 
-fn bench(args: &[&str]) -> (String, BTreeMap<String, f64>) {
-    let out = run_with_timeout(bin(), args, T);
+/// `sansmq bench <mode> <args> --json` against `broker`; it must succeed.
+fn bench(broker: &Sansmq, mode: &str, args: &str) -> Summary {
+    let args = bench_args(broker, mode, args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_with_timeout(bin(), &args, T);
     assert!(
         out.status.success(),
         "sansmq {args:?} failed: {}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    parse_summary(&out.stdout)
+    Summary::parse(&out.stdout)
 }
 
-fn assert_latency_ordered(m: &BTreeMap<String, f64>) {
-    let (p50, p90, p99, max) = (
-        field(m, "lat_p50_us"),
-        field(m, "lat_p90_us"),
-        field(m, "lat_p99_us"),
-        field(m, "lat_max_us"),
-    );
-    assert!(p50 >= 1.0, "p50 missing: {m:?}");
-    assert!(
-        p50 <= p90 && p90 <= p99 && p99 <= max,
-        "percentiles out of order: {m:?}"
-    );
-    assert_eq!(
-        field(m, "lat_count"),
-        field(m, "received"),
-        "one latency per message"
-    );
+/// [`bench`] against a broker of its own.
+fn bench_fresh(mode: &str, args: &str) -> Summary {
+    let broker = Sansmq::start_default(bin());
+    bench(&broker, mode, args)
 }
 
 #[test]
 fn pubsub_qos1_delivers_every_acknowledged_message() {
-    let broker = Sansmq::start_default(bin());
-    let port = broker.addr.port().to_string();
     // 4 pub/sub pairs, 200 messages each at 400 msg/s per client (0.5 s).
-    let (line, m) = bench(&[
-        "bench",
+    let s = bench_fresh(
         "pubsub",
-        "--port",
-        &port,
-        "-c",
-        "4",
-        "--subs",
-        "4",
-        "-q",
-        "1",
-        "--topic",
-        "smoke/%i",
-        "--sub-topic",
-        "smoke/%i",
-        "--count",
-        "200",
-        "--rate",
-        "400",
-        "-d",
-        "5",
-        "--json",
-    ]);
-    assert!(line.contains("\"mode\":\"pubsub\""), "{line}");
-    assert_eq!(field(&m, "connected"), 8.0, "{line}");
-    assert_eq!(field(&m, "errors"), 0.0, "{line}");
-    assert_eq!(field(&m, "sent"), 800.0, "{line}");
+        "-c 4 --subs 4 -q 1 --topic smoke/%i --sub-topic smoke/%i --count 200 --rate 400 -d 5",
+    );
+    s.expect_mode("pubsub");
+    s.expect("connected", 8.0);
+    s.expect("errors", 0.0);
+    s.expect("sent", 800.0);
     // QoS 1: everything sent was acknowledged and delivered exactly to its
     // pair (the broker queues far fewer than its limit here).
-    assert_eq!(field(&m, "acked"), 800.0, "{line}");
-    assert_eq!(field(&m, "received"), 800.0, "{line}");
-    assert_latency_ordered(&m);
-    assert!(field(&m, "cpu_s") > 0.0, "own CPU time missing: {line}");
+    s.expect("acked", 800.0);
+    s.expect("received", 800.0);
+    s.assert_latency_ordered();
+    assert!(s.field("cpu_s") > 0.0, "own CPU time missing: {}", s.line);
 }
 
 #[test]
 fn pubsub_qos0_fan_in_on_a_wildcard() {
-    let broker = Sansmq::start_default(bin());
-    let port = broker.addr.port().to_string();
-    let (line, m) = bench(&[
-        "bench",
+    let s = bench_fresh(
         "pubsub",
-        "--port",
-        &port,
-        "-c",
-        "5",
-        "--subs",
-        "1",
-        "--count",
-        "100",
-        "--total-rate",
-        "2000",
-        "--size",
-        "100",
-        "-d",
-        "5",
-        "--version",
-        "4",
-        "--json",
-    ]);
-    assert_eq!(field(&m, "errors"), 0.0, "{line}");
-    assert_eq!(field(&m, "sent"), 500.0, "{line}");
-    let received = field(&m, "received");
-    assert!(received > 0.0 && received <= 500.0, "{line}");
-    assert_latency_ordered(&m);
+        "-c 5 --subs 1 --count 100 --total-rate 2000 --size 100 -d 5 --version 4",
+    );
+    s.expect("errors", 0.0);
+    s.expect("sent", 500.0);
+    let received = s.field("received");
+    assert!(received > 0.0 && received <= 500.0, "{}", s.line);
+    s.assert_latency_ordered();
 }
 
 /// `bench sub` and `bench pub` as separate processes (wall-clock
@@ -158,12 +160,8 @@ fn pubsub_qos0_fan_in_on_a_wildcard() {
 #[test]
 fn separate_pub_and_sub_processes() {
     let broker = Sansmq::start_default(bin());
-    let port = broker.addr.port().to_string();
     let mut sub = Command::new(bin())
-        .args([
-            "bench", "sub", "--port", &port, "-c", "2", "-t", "split/%i", "-q", "1", "-d", "2",
-            "--json",
-        ])
+        .args(bench_args(&broker, "sub", "-c 2 -t split/%i -q 1 -d 2"))
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -185,45 +183,28 @@ fn separate_pub_and_sub_processes() {
         "{ready}"
     );
 
-    let (line, m) = bench(&[
-        "bench", "pub", "--port", &port, "-c", "2", "-t", "split/%i", "-q", "1", "--count", "50",
-        "-d", "5", "--json",
-    ]);
-    assert!(line.contains("\"mode\":\"pub\""), "{line}");
-    assert_eq!(field(&m, "acked"), 100.0, "{line}");
+    let s = bench(&broker, "pub", "-c 2 -t split/%i -q 1 --count 50 -d 5");
+    s.expect_mode("pub");
+    s.expect("acked", 100.0);
 
     let status = wait_timeout(&mut sub, T).expect("bench sub ends after its duration");
     let out = sub.wait_with_output().expect("bench sub output");
     assert!(status.success(), "bench sub failed: {status}");
-    let (line, m) = parse_summary(&out.stdout);
-    assert!(line.contains("\"mode\":\"sub\""), "{line}");
-    assert_eq!(field(&m, "received"), 100.0, "{line}");
-    assert_eq!(field(&m, "errors"), 0.0, "{line}");
-    assert_latency_ordered(&m);
+    let s = Summary::parse(&out.stdout);
+    s.expect_mode("sub");
+    s.expect("received", 100.0);
+    s.expect("errors", 0.0);
+    s.assert_latency_ordered();
 }
 
 #[test]
 fn conn_holds_idle_connections() {
-    let broker = Sansmq::start_default(bin());
-    let port = broker.addr.port().to_string();
-    let (line, m) = bench(&[
-        "bench",
-        "conn",
-        "--port",
-        &port,
-        "-c",
-        "50",
-        "--interval-ms",
-        "2",
-        "-d",
-        "0.5",
-        "--json",
-    ]);
-    assert!(line.contains("\"mode\":\"conn\""), "{line}");
-    assert_eq!(field(&m, "connected"), 50.0, "{line}");
-    assert_eq!(field(&m, "connect_errors"), 0.0, "{line}");
-    assert_eq!(field(&m, "conn_lost"), 0.0, "{line}");
-    assert!(field(&m, "connect_rate") > 0.0, "{line}");
+    let s = bench_fresh("conn", "-c 50 --interval-ms 2 -d 0.5");
+    s.expect_mode("conn");
+    s.expect("connected", 50.0);
+    s.expect("connect_errors", 0.0);
+    s.expect("conn_lost", 0.0);
+    assert!(s.field("connect_rate") > 0.0, "{}", s.line);
 }
 
 #[test]

@@ -783,11 +783,13 @@ struct BridgeRun {
 
 type Shared<T> = std::rc::Rc<std::cell::RefCell<T>>;
 
-fn edge_bridge(w: &World, edge: HostId) -> &BridgedBrokerNode {
+/// The bridged broker node at `edge`.
+pub fn edge_bridge(w: &World, edge: HostId) -> &BridgedBrokerNode {
     w.node::<BridgedBrokerNode>(edge)
 }
 
-fn bridge_connected(w: &World, edge: HostId) -> bool {
+/// Whether the first bridge of the broker at `edge` is connected.
+pub fn bridge_connected(w: &World, edge: HostId) -> bool {
     matches!(
         edge_bridge(w, edge).bridge_state(0),
         Some(BridgeState::Connected { .. })
