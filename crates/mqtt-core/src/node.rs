@@ -379,6 +379,10 @@ impl Node {
                         Some(_) => {}
                         None => self.events.push_back(NodeEvent::Broker(ev)),
                     },
+                    // A bridge's local side is bounded by the bridge's own
+                    // inflight window: pausing it is not ours to do.
+                    Event::PauseReading { conn } | Event::ResumeReading { conn }
+                        if virtual_index(*conn).is_some() => {}
                     _ => self.events.push_back(NodeEvent::Broker(ev)),
                 }
             }

@@ -191,6 +191,7 @@ pub struct BrokerSection {
     pub max_queued_messages: usize,
     #[serde(with = "byte_size")]
     pub max_queued_bytes: usize,
+    pub flow_control_overshoot: usize,
     pub queue_qos0_messages: bool,
     #[serde(with = "byte_size")]
     pub max_pending_bytes_per_connection: usize,
@@ -249,6 +250,7 @@ impl From<BrokerConfig> for BrokerSection {
             max_inflight,
             max_queued_messages,
             max_queued_bytes,
+            flow_control_overshoot,
             queue_qos0_messages,
             max_pending_bytes_per_connection,
             v3_session_expiry,
@@ -286,6 +288,7 @@ impl From<BrokerConfig> for BrokerSection {
             max_inflight,
             max_queued_messages,
             max_queued_bytes,
+            flow_control_overshoot,
             queue_qos0_messages,
             max_pending_bytes_per_connection,
             v3_session_expiry,
@@ -331,6 +334,7 @@ impl BrokerSection {
             max_inflight: s.max_inflight,
             max_queued_messages: s.max_queued_messages,
             max_queued_bytes: s.max_queued_bytes,
+            flow_control_overshoot: s.flow_control_overshoot,
             queue_qos0_messages: s.queue_qos0_messages,
             max_pending_bytes_per_connection: s.max_pending_bytes_per_connection,
             v3_session_expiry: s.v3_session_expiry,
@@ -982,6 +986,16 @@ const DOCS: &[(&str, &str)] = &[
     (
         "broker.max_queued_bytes",
         "Payload + topic bytes queued per session.",
+    ),
+    (
+        "broker.flow_control_overshoot",
+        "Flow control: max_queued_messages/max_queued_bytes are the high watermark of a\n\
+         connected session's queue; a QoS 1/2 message reaching it pauses reading from the\n\
+         publisher until the queue drains to half. QoS 1/2 messages already read keep being\n\
+         queued up to this many messages (and 2 x max_queued_bytes) past the watermark;\n\
+         beyond that they are dropped (queue_full). QoS 0 is dropped at the watermark.\n\
+         It must cover what the runtime read before the pause took effect (rt-std's\n\
+         input channel alone holds 16,384 packets, rt-smol's 2,048).",
     ),
     (
         "broker.queue_qos0_messages",

@@ -204,6 +204,12 @@ pub fn broker_event(ev: &Event, peer: Option<SocketAddr>, connected: bool) {
                 );
             }
         }
+        Event::PauseReading { conn } => {
+            debug!(%conn, peer = %Peer(peer), "flow control: pausing reads");
+        }
+        Event::ResumeReading { conn } => {
+            debug!(%conn, peer = %Peer(peer), "flow control: resuming reads");
+        }
         // `storage_events` is off: no runtime has a storage layer yet.
         Event::Storage(_) => {}
         other => debug!(event = ?other, "unhandled broker event"),

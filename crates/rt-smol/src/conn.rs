@@ -25,7 +25,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -78,6 +78,8 @@ struct WriteState {
     end: Option<End>,
     /// The write half, parked on an empty queue.
     waker: Option<Waker>,
+    /// The read half, parked while reading is paused (flow control).
+    read_waker: Option<Waker>,
 }
 
 /// A connection's write queue, shared by the core task (which pushes) and
@@ -87,9 +89,16 @@ struct WriteState {
 /// `Input::Opened`, and loop on [`WriteQueue::take_batch`]. Unbounded by itself:
 /// the core task bounds it by bytes (its congestion accounting plus the
 /// hard bound in `server.rs`), so a push never blocks the core.
+///
+/// It also carries the connection's read gate: the core's flow control
+/// (`Event::PauseReading` / `ResumeReading`) stops the read half from
+/// reading the socket, so TCP flow control slows the publisher.
 #[derive(Default)]
 pub(crate) struct WriteQueue {
     state: Mutex<WriteState>,
+    /// Set by the core task on `PauseReading`, cleared on `ResumeReading`;
+    /// read without the lock on every read, changed under it.
+    read_paused: AtomicBool,
 }
 
 impl WriteQueue {
@@ -140,6 +149,43 @@ impl WriteQueue {
                 None
             }
             Err(end) => Some(end),
+        }
+    }
+
+    /// Return once reading is allowed (at once unless paused).
+    pub(crate) async fn reading_allowed(&self) {
+        if !self.read_paused.load(Ordering::Acquire) {
+            return;
+        }
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if !self.read_paused.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            if !s
+                .read_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                s.read_waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+
+    fn set_read_paused(&self, paused: bool) {
+        let waker = {
+            let mut s = self.lock();
+            self.read_paused.store(paused, Ordering::Release);
+            if paused {
+                None
+            } else {
+                s.read_waker.take()
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 
@@ -195,6 +241,12 @@ impl WriteHandle {
     /// Drop what is queued and close now.
     pub(crate) fn abort(&self) {
         self.0.end(End::Abort);
+    }
+
+    /// Flow control: stop (`true`) or resume (`false`) reading the
+    /// connection's transport. Only TCP connections' read halves honour it.
+    pub(crate) fn set_read_paused(&self, paused: bool) {
+        self.0.set_read_paused(paused);
     }
 }
 
@@ -266,7 +318,7 @@ async fn connection(
     settings: ConnSettings,
     _alive: Sender<()>,
 ) {
-    read_half(&stream, conn, &to_core, settings.max_packet_size)
+    read_half(&stream, conn, &queue, &to_core, settings.max_packet_size)
         .or(write_half(&stream, conn, &queue, &to_core, settings.linger))
         .await;
 }
@@ -293,6 +345,7 @@ fn packets_input(conn: ConnectionId, mut packets: Vec<Packet>) -> Input {
 async fn read_half(
     stream: &Async<TcpStream>,
     conn: ConnectionId,
+    gate: &WriteQueue,
     to_core: &Sender<Input>,
     max_packet_size: u32,
 ) {
@@ -300,6 +353,9 @@ async fn read_half(
     // level; a CONNECT's version then applies to every later packet.
     let mut version = None;
     loop {
+        // Flow control: while the core paused this connection, the socket
+        // is not read (nor watched: its EOF is seen once reading resumes).
+        gate.reading_allowed().await;
         // `poll_readable` parks on the socket's one reader waker slot;
         // `readable()` would allocate a waiter entry per connection.
         let last = match poll_fn(|cx| stream.poll_readable(cx)).await {
@@ -310,6 +366,7 @@ async fn read_half(
             Ok(()) => match Box::pin(read_burst(
                 stream,
                 conn,
+                gate,
                 to_core,
                 max_packet_size,
                 &mut version,
@@ -336,6 +393,7 @@ async fn read_half(
 async fn read_burst(
     stream: &Async<TcpStream>,
     conn: ConnectionId,
+    gate: &WriteQueue,
     to_core: &Sender<Input>,
     max_packet_size: u32,
     version: &mut Option<ProtocolVersion>,
@@ -345,6 +403,9 @@ async fn read_burst(
     let mut frame_copy = Vec::new();
     let mut want = READ_CHUNK;
     loop {
+        // A publisher that never pauses always leaves a partial packet:
+        // the burst honours a pause too.
+        gate.reading_allowed().await;
         let start = buf.len();
         buf.resize(start + want.max(READ_CHUNK), 0);
         let mut reader = stream;

@@ -796,6 +796,20 @@ impl CoreTask {
                     h.tx.close();
                 }
             }
+            // Flow control. QUIC connections ignore it (their stream is
+            // read by the listener task for every connection at once; not
+            // reading one stream would need per-stream read control in
+            // mqtt-quic): they keep today's bounded-queue policy.
+            Event::PauseReading { conn } => {
+                if let Some(h) = self.conns.get(&conn) {
+                    h.tx.set_read_paused(true);
+                }
+            }
+            Event::ResumeReading { conn } => {
+                if let Some(h) = self.conns.get(&conn) {
+                    h.tx.set_read_paused(false);
+                }
+            }
             _ => {}
         }
     }

@@ -148,7 +148,9 @@ runtime_matrix!(takeover_closes_the_old_connection_with_a_logged_reason);
 
 /// A subscriber that never acknowledges fills its session queue; what the
 /// core then drops (counted by cause in its metrics) is also logged, so a
-/// loss is never silent.
+/// loss is never silent. (QoS 1 publishers are paused by flow control
+/// instead, so the drops are QoS 0: a second publisher's, queued behind the
+/// first one's QoS 1 backlog.)
 fn messages_dropped_for_a_full_session_queue_are_logged(rt: Runtime) {
     use bytes::Bytes;
     use mqtt_core::codec::{ByteString, Properties, Publish};
@@ -157,22 +159,30 @@ fn messages_dropped_for_a_full_session_queue_are_logged(rt: Runtime) {
     let broker = Sansmq::start_on(rt, bin(), Some(config), &[]);
     let (mut sub, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "stuck", 0, None);
     sub.subscribe("d/#", QoS::AtLeastOnce);
-    let (mut publ, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "pub", 0, None);
-    // 1 in flight + 5 queued; the other 14 have nowhere to go.
-    for id in 1..=20u16 {
-        publ.send(&Packet::Publish(Publish {
+    let publish = |qos: QoS, id: u16| {
+        Packet::Publish(Publish {
             dup: false,
-            qos: QoS::AtLeastOnce,
+            qos,
             retain: false,
             topic: ByteString::from_static("d/x"),
             packet_id: std::num::NonZeroU16::new(id),
             properties: Properties::default(),
             payload: Bytes::from_static(b"x"),
-        }));
+        })
+    };
+    // 1 in flight + 5 queued: the queue is full (and this publisher paused).
+    let (mut publ, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "pub", 0, None);
+    for id in 1..=6u16 {
+        publ.send(&publish(QoS::AtLeastOnce, id));
         match publ.recv(T) {
             Ok(Packet::PubAck(a)) => assert_eq!(a.packet_id.get(), id),
             other => panic!("expected PUBACK {id}, got {other:?}"),
         }
+    }
+    // QoS 0 from another publisher has nowhere to go.
+    let (mut q0, _) = RawClient::connect(broker.addr, ProtocolVersion::V3_1_1, "q0", 0, None);
+    for _ in 0..14 {
+        q0.send(&publish(QoS::AtMostOnce, 0));
     }
     let line = broker.expect_log(&["messages dropped", "queue_full"], T);
     assert!(line.contains("WARN"), "drop logged at warn: {line}");

@@ -19,7 +19,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -146,7 +146,8 @@ fn start_connection(
         }
     };
     // Before the reader exists, so `Opened` precedes its packets.
-    let tx = Writer::Tcp(tx, core_stream);
+    let gate = Arc::new(ReadGate::default());
+    let tx = Writer::Tcp(tx, core_stream, ReadGateHandle(gate.clone()));
     if ctx.to_core.send(Input::Opened { conn, info, tx }).is_err() {
         return false;
     }
@@ -158,7 +159,7 @@ fn start_connection(
         thread::Builder::new()
             .name(format!("sansmq-read-{}", conn.0))
             .stack_size(READER_STACK)
-            .spawn(move || reader(read_stream, conn, &to_core, max, done_tx))?;
+            .spawn(move || reader(read_stream, conn, &gate, &to_core, max, done_tx))?;
         let to_core = ctx.to_core.clone();
         let alive = ctx.alive.clone();
         let linger = ctx.settings.linger;
@@ -190,11 +191,54 @@ fn start_connection(
     true
 }
 
+/// Flow control of one connection's reader: the core pauses it
+/// (`Event::PauseReading`) and resumes it (`ResumeReading`, or when the
+/// core lets go of the connection, so a paused reader never outlives it).
+#[derive(Default)]
+pub(crate) struct ReadGate {
+    paused: Mutex<bool>,
+    resumed: Condvar,
+}
+
+impl ReadGate {
+    fn set(&self, paused: bool) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        *p = paused;
+        if !paused {
+            self.resumed.notify_all();
+        }
+    }
+
+    /// Block while paused.
+    fn wait(&self) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        while *p {
+            p = self.resumed.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The core's side of a [`ReadGate`]; dropping it resumes the reader.
+pub(crate) struct ReadGateHandle(Arc<ReadGate>);
+
+impl ReadGateHandle {
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.0.set(paused);
+    }
+}
+
+impl Drop for ReadGateHandle {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// Read, frame, forward. After the last input it tells the writer (which
 /// may be waiting for the peer's FIN) and ends.
 fn reader(
     mut stream: TcpStream,
     conn: ConnectionId,
+    gate: &ReadGate,
     to_core: &SyncSender<Input>,
     max_packet_size: u32,
     done: SyncSender<()>,
@@ -223,6 +267,8 @@ fn reader(
     };
     let mut want = READ_CHUNK;
     let last: Option<Input> = 'read: loop {
+        // Flow control: not reading while the core paused this connection.
+        gate.wait();
         let start = buf.len();
         buf.resize(start + want.max(READ_CHUNK), 0);
         let n = match stream.read(&mut buf[start..]) {

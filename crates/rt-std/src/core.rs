@@ -34,7 +34,7 @@ use rt_common::quic::BridgeQuic;
 use tracing::{debug, error, warn};
 
 use crate::bridge::{spawn_tcp, LinkTx};
-use crate::conn::Acceptor;
+use crate::conn::{Acceptor, ReadGateHandle};
 use crate::host::{Hosts, SubscribeRequest};
 use crate::quic::{self, QuicListenerHandle, QuicSink};
 use crate::Error;
@@ -117,8 +117,9 @@ pub(crate) enum Outbound {
 /// queue gone; a QUIC connection is closed).
 pub(crate) enum Writer {
     /// The writer thread's queue, and the socket, to unblock a writer
-    /// stuck in `write` on a peer that stopped reading.
-    Tcp(Sender<Outbound>, TcpStream),
+    /// stuck in `write` on a peer that stopped reading; and the reader's
+    /// flow-control gate (opened again when this is dropped).
+    Tcp(Sender<Outbound>, TcpStream, ReadGateHandle),
     Quic(QuicSink),
 }
 
@@ -126,7 +127,7 @@ impl Writer {
     /// False when the transport is gone (its `Closed` is on the way).
     fn send(&self, data: Bytes) -> bool {
         match self {
-            Writer::Tcp(tx, _) => tx.send(Outbound::Data(data)).is_ok(),
+            Writer::Tcp(tx, _, _) => tx.send(Outbound::Data(data)).is_ok(),
             Writer::Quic(q) => q.send(data),
         }
     }
@@ -135,7 +136,7 @@ impl Writer {
     /// handed back: its flush is bounded (see `Core::flushing`).
     fn close(self) -> Option<TcpStream> {
         match self {
-            Writer::Tcp(tx, stream) => {
+            Writer::Tcp(tx, stream, _gate) => {
                 let _ = tx.send(Outbound::Close);
                 Some(stream)
             }
@@ -146,9 +147,18 @@ impl Writer {
         }
     }
 
+    /// Flow control: stop or resume the reader. QUIC connections ignore it
+    /// (one receiver thread reads every connection's datagrams; they keep
+    /// the plain bounded-queue policy).
+    fn set_read_paused(&self, paused: bool) {
+        if let Writer::Tcp(_, _, gate) = self {
+            gate.set_paused(paused);
+        }
+    }
+
     /// Now, without flushing (the writer's blocked `write` fails).
     fn abort(self) {
-        if let Writer::Tcp(_, stream) = &self {
+        if let Writer::Tcp(_, stream, _) = &self {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -622,6 +632,16 @@ impl Core {
                         self.flushing.insert(conn, stream);
                         self.flush_deadlines.push_back((at, conn));
                     }
+                }
+            }
+            Event::PauseReading { conn } => {
+                if let Some(h) = self.conns.get(&conn) {
+                    h.tx.set_read_paused(true);
+                }
+            }
+            Event::ResumeReading { conn } => {
+                if let Some(h) = self.conns.get(&conn) {
+                    h.tx.set_read_paused(false);
                 }
             }
             _ => {}

@@ -57,6 +57,19 @@ pub struct BrokerConfig {
     pub max_queued_messages: usize,
     /// Payload + topic bytes queued per session. Default 16 MiB.
     pub max_queued_bytes: usize,
+    /// Publisher flow control: `max_queued_messages` and `max_queued_bytes`
+    /// are the high watermark of a connected session's queue. A QoS 1/2
+    /// message that puts it there pauses the publisher's connection
+    /// ([`super::Event::PauseReading`]; resumed at half the watermark), and
+    /// QoS 1/2 messages keep being queued up to this many messages (and up to
+    /// twice `max_queued_bytes`) past it, for the packets the runtime had
+    /// already read; only past that are they dropped (`queue_full`). QoS 0
+    /// is dropped at the watermark as before. Lossless as long as what the
+    /// runtime had read before the pause took effect fits: its input
+    /// channel (rt-smol: 128 inputs x 16 packets = 2,048; rt-std: 1,024 x
+    /// 16 = 16,384), one input per connection blocked on it, and one read.
+    /// Default 20,000.
+    pub flow_control_overshoot: usize,
     /// Queue QoS 0 messages for offline persistent sessions. Default `true`.
     pub queue_qos0_messages: bool,
     /// Bytes handed out by `poll_transmit` and not yet reported written by
@@ -130,6 +143,7 @@ impl Default for BrokerConfig {
             max_inflight: 32,
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
+            flow_control_overshoot: 20_000,
             queue_qos0_messages: true,
             max_pending_bytes_per_connection: 1024 * 1024,
             v3_session_expiry: Some(Duration::from_secs(2 * 3600)),

@@ -142,6 +142,8 @@ pub struct Metrics {
     pub wills_published: u64,
     /// Connections closed for a malformed packet or a protocol error.
     pub protocol_errors: u64,
+    /// Publisher connections paused by flow control (`Event::PauseReading`).
+    pub flow_control_pauses: u64,
     /// `handle_timeout` now - keepalive deadline, per keepalive close.
     pub keepalive_detection_latency: LatencyHistogram,
 }

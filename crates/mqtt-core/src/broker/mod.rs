@@ -71,7 +71,7 @@ pub use types::{
 
 use std::cell::Cell;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,6 +217,14 @@ pub struct Broker {
     /// Reused routing buffer (no allocation per message once warm).
     scratch: Vec<Target>,
     shutting_down: bool,
+    /// Flow control: a paused publisher connection -> the sessions holding
+    /// it paused (never empty).
+    paused: DetMap<ConnectionId, BTreeSet<ByteString>>,
+    /// Flow control: a session over its high watermark -> the publisher
+    /// connections it paused (never empty).
+    pausing: DetMap<ByteString, BTreeSet<ConnectionId>>,
+    /// The connection whose PUBLISH is being routed, if any.
+    routing_from: Option<ConnectionId>,
 }
 
 impl core::fmt::Debug for Broker {
@@ -248,6 +256,9 @@ impl Broker {
             metrics: Metrics::default(),
             scratch: Vec::new(),
             shutting_down: false,
+            paused: DetMap::default(),
+            pausing: DetMap::default(),
+            routing_from: None,
             config,
         };
         if let Some(iv) = b.config.sys_interval {
@@ -1098,6 +1109,12 @@ impl Broker {
         let Some(mut c) = self.connections.remove(&conn) else {
             return;
         };
+        // Flow control: a paused publisher that goes is forgotten; a
+        // session whose connection goes releases the publishers it paused.
+        self.forget_paused(conn, false);
+        if c.state == ConnState::Connected {
+            self.release_pauses(&c.client_id);
+        }
         self.metrics.connections = self.metrics.connections.saturating_sub(1);
         self.metrics.connections_closed += 1;
         for kind in [
@@ -1226,6 +1243,7 @@ impl Broker {
         let Some(s) = self.sessions.remove(client_id) else {
             return;
         };
+        self.release_pauses(client_id);
         self.metrics.sessions = self.metrics.sessions.saturating_sub(1);
         for filter in s.state.subscriptions.keys() {
             self.trie_remove(&s.state.client_id, filter);
@@ -1276,6 +1294,18 @@ impl Broker {
                 let Some(limit) = c.keep_alive_limit else {
                     return;
                 };
+                if self.paused.contains_key(&conn) {
+                    // We stopped reading it: its silence is ours. Its keep
+                    // alive runs again from now.
+                    if let Some(c) = self.connections.get_mut(&conn) {
+                        c.last_packet = now;
+                    }
+                    self.timers.set(
+                        (TimerOwner::Connection(conn), TimerKind::KeepAlive),
+                        now + limit,
+                    );
+                    return;
+                }
                 // The timer is armed lazily (packets only move `last_packet`),
                 // so re-check against the true deadline.
                 let true_deadline = c.last_packet + limit;
@@ -1465,10 +1495,94 @@ impl Broker {
             start_delivery(c, &mut s.state, d, now, &mut self.metrics, &mut self.ready);
         }
         arm_retry(&mut self.timers, &self.config, c, &s.state);
+        let drained = s.state.queue.len() <= self.config.max_queued_messages / 2
+            && s.state.queued_bytes <= self.config.max_queued_bytes / 2;
+        if drained && self.pausing.contains_key(client_id) {
+            self.release_pauses(client_id);
+        }
         if changed {
             self.storage(StorageEvent::SessionChanged {
                 client_id: ByteString::from(client_id),
             });
+        }
+    }
+
+    /// Flow control: `client_id`'s (connected) queue is at or over its high
+    /// watermark after a QoS 1/2 message went in. Pause the publisher being
+    /// routed unless that could deadlock: never the session's own
+    /// connection, nor a connection whose own session is over its
+    /// watermark (it must keep reading to take acknowledgements). For the
+    /// same reason the session's own connection, if paused, resumes now.
+    fn over_high_watermark(&mut self, client_id: &str) {
+        let own = self.sessions.get(client_id).and_then(|s| s.conn);
+        if let Some(own) = own {
+            self.forget_paused(own, true);
+        }
+        let Some(p) = self.routing_from else {
+            return;
+        };
+        if own == Some(p) {
+            return;
+        }
+        let Some(pc) = self.connections.get(&p) else {
+            return;
+        };
+        if self.session_over_high(&pc.client_id) {
+            return;
+        }
+        let client_id = ByteString::from(client_id);
+        let holders = self.paused.entry(p).or_default();
+        let first = holders.is_empty();
+        holders.insert(client_id.clone());
+        self.pausing.entry(client_id).or_default().insert(p);
+        if first {
+            self.metrics.flow_control_pauses += 1;
+            self.events.push_back(Event::PauseReading { conn: p });
+        }
+    }
+
+    /// Whether a connected session's queue is at or over its high watermark.
+    fn session_over_high(&self, client_id: &str) -> bool {
+        self.sessions.get(client_id).is_some_and(|s| {
+            s.conn.is_some()
+                && (s.state.queue.len() >= self.config.max_queued_messages
+                    || s.state.queued_bytes >= self.config.max_queued_bytes)
+        })
+    }
+
+    /// `conn` is no longer held paused by anyone; `resume`: tell the runtime.
+    fn forget_paused(&mut self, conn: ConnectionId, resume: bool) {
+        let Some(holders) = self.paused.remove(&conn) else {
+            return;
+        };
+        for h in &holders {
+            if let Some(set) = self.pausing.get_mut(h) {
+                set.remove(&conn);
+                if set.is_empty() {
+                    self.pausing.remove(h);
+                }
+            }
+        }
+        if resume {
+            self.events.push_back(Event::ResumeReading { conn });
+        }
+    }
+
+    /// `client_id` drained (or is gone): every publisher it paused that no
+    /// other session holds resumes.
+    fn release_pauses(&mut self, client_id: &str) {
+        let Some(publishers) = self.pausing.remove(client_id) else {
+            return;
+        };
+        for p in publishers {
+            let Some(holders) = self.paused.get_mut(&p) else {
+                continue;
+            };
+            holders.remove(client_id);
+            if holders.is_empty() {
+                self.paused.remove(&p);
+                self.events.push_back(Event::ResumeReading { conn: p });
+            }
         }
     }
 
@@ -1483,6 +1597,13 @@ impl Broker {
         }
         let cfg = &self.config;
         let conn = s.conn.and_then(|id| self.connections.get_mut(&id));
+        // Flow control: a connected session's queue may hold QoS 1/2 past
+        // the high watermark up to the hard cap while the publisher pauses.
+        let hard_msgs = cfg
+            .max_queued_messages
+            .saturating_add(cfg.flow_control_overshoot);
+        let hard_bytes = cfg.max_queued_bytes.saturating_mul(2);
+        let mut over_high = false;
         match conn {
             Some(c) => {
                 let congested = c.pending_bytes() > cfg.max_pending_bytes_per_connection;
@@ -1499,7 +1620,13 @@ impl Broker {
                     // backlog, full inflight window): a QoS 0 may not
                     // overtake them (MQTT-4.6.0-6), so it queues too and
                     // `pump` sends it in turn without taking a window slot.
-                    enqueue(&mut s.state, d, cfg, &mut self.metrics);
+                    enqueue(
+                        &mut s.state,
+                        d,
+                        cfg.max_queued_messages,
+                        cfg.max_queued_bytes,
+                        &mut self.metrics,
+                    );
                 } else if !congested
                     && s.state.queue.is_empty()
                     && s.state.inflight.len() < c.send_window
@@ -1507,7 +1634,9 @@ impl Broker {
                     start_delivery(c, &mut s.state, d, now, &mut self.metrics, &mut self.ready);
                     arm_retry(&mut self.timers, cfg, c, &s.state);
                 } else {
-                    enqueue(&mut s.state, d, cfg, &mut self.metrics);
+                    enqueue(&mut s.state, d, hard_msgs, hard_bytes, &mut self.metrics);
+                    over_high = s.state.queue.len() >= cfg.max_queued_messages
+                        || s.state.queued_bytes >= cfg.max_queued_bytes;
                 }
             }
             None => {
@@ -1515,8 +1644,19 @@ impl Broker {
                     self.metrics.drop(DropReason::OfflineQoS0);
                     return;
                 }
-                enqueue(&mut s.state, d, cfg, &mut self.metrics);
+                // Offline sessions keep the plain bound: a session nobody
+                // reads must not stall its publishers.
+                enqueue(
+                    &mut s.state,
+                    d,
+                    cfg.max_queued_messages,
+                    cfg.max_queued_bytes,
+                    &mut self.metrics,
+                );
             }
+        }
+        if over_high {
+            self.over_high_watermark(client_id);
         }
         if self.config.storage_events {
             self.storage(StorageEvent::SessionChanged {
@@ -1650,7 +1790,9 @@ impl Broker {
             // Clients may not write the broker's own topics.
             self.metrics.drop(DropReason::SysTopicFromClient);
         } else {
+            self.routing_from = Some(conn);
             self.route(Arc::new(message), now);
+            self.routing_from = None;
         }
         match (p.qos, p.packet_id) {
             (QoS::AtLeastOnce, Some(pid)) => {
@@ -2411,11 +2553,15 @@ fn start_delivery(
 
 /// Bounded enqueue: when full, drop the oldest QoS 0 first; if there is
 /// none, refuse the new message. Every drop counted.
-fn enqueue(s: &mut SessionState, d: Delivery, cfg: &BrokerConfig, metrics: &mut Metrics) -> bool {
+fn enqueue(
+    s: &mut SessionState,
+    d: Delivery,
+    max_messages: usize,
+    max_bytes: usize,
+    metrics: &mut Metrics,
+) -> bool {
     let w = d.message.weight();
-    while s.queue.len() >= cfg.max_queued_messages
-        || s.queued_bytes.saturating_add(w) > cfg.max_queued_bytes
-    {
+    while s.queue.len() >= max_messages || s.queued_bytes.saturating_add(w) > max_bytes {
         let oldest_qos0 = s.queue.iter().position(|q| q.qos == QoS::AtMostOnce);
         match oldest_qos0.and_then(|i| s.queue.remove(i)) {
             Some(old) => {

@@ -71,6 +71,15 @@ pub enum Event {
         client_id: ByteString,
         reason: DisconnectReason,
     },
+    /// Flow control: a session this connection publishes to has reached its
+    /// queue's high watermark (`max_queued_messages` or `max_queued_bytes`).
+    /// Stop reading the connection's transport (TCP flow control then slows
+    /// the publisher) until [`Event::ResumeReading`] for it. Packets already
+    /// read may still be handed in. Emitted once per pause.
+    PauseReading { conn: ConnectionId },
+    /// Flow control: every session that paused this connection drained to
+    /// half its high watermark (or ended); read its transport again.
+    ResumeReading { conn: ConnectionId },
     /// Persistence: state changed. Emitted only with `storage_events` on.
     Storage(StorageEvent),
 }
