@@ -51,17 +51,17 @@ fn queued(h: &Harness, id: &str) -> usize {
     h.broker.session_state(id).map_or(0, |s| s.queue.len())
 }
 
-/// Acknowledge every PUBLISH in `conn`'s inbox; returns their payloads.
-fn ack_all(h: &mut Harness, conn: ConnectionId) -> Vec<Bytes> {
-    let got = h.publishes(conn);
-    let mut payloads = Vec::new();
-    for p in got {
-        payloads.push(p.payload.clone());
-        if let Some(id) = p.packet_id {
-            h.send(conn, Packet::PubAck(ack(id)));
-        }
+/// `n` PUBLISHes from `from` on `topic`, payloads "0".."n-1", packet ids 1..=n.
+fn publish_burst(h: &mut Harness, from: ConnectionId, topic: &str, n: usize, qos: QoS) {
+    for i in 0..n {
+        let id = u16::try_from(i + 1).expect("bursts stay under 65,536");
+        h.publish(from, topic, &i.to_string(), qos, id);
     }
-    payloads
+}
+
+/// Acknowledge `conn`'s PUBLISHes until none come; their payloads in order.
+fn drain(h: &mut Harness, conn: ConnectionId) -> Vec<Bytes> {
+    ack_one_by_one(h, conn, |_| {})
 }
 
 /// PUBLISH packets in `conn`'s inbox, acknowledged one at a time, each
@@ -149,10 +149,7 @@ fn past_the_hard_cap_qos1_is_dropped_and_counted() {
     let s = h.connect("s", V);
     h.subscribe(s, "t", QoS::AtLeastOnce);
     let p = h.connect("p", V);
-    for i in 0..3 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p, "t", 3 * H, QoS::AtLeastOnce);
     assert_eq!(queued(&h, "s"), H + 5);
     let dropped = 3 * H - 2 - (H + 5);
     assert_eq!(
@@ -170,20 +167,10 @@ fn two_sessions_pausing_one_publisher_resume_it_only_when_both_drained() {
     let s2 = h.connect("s2", V);
     h.subscribe(s2, "t", QoS::AtLeastOnce);
     let p = h.connect("p", V);
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p, "t", 2 * H, QoS::AtLeastOnce);
     assert_eq!(pauses(&h, p), 1, "one pause for both sessions");
     // s1 drains completely: s2 still holds the publisher.
-    let mut got1 = Vec::new();
-    loop {
-        let batch = ack_all(&mut h, s1);
-        if batch.is_empty() {
-            break;
-        }
-        got1.extend(batch);
-    }
+    let got1 = drain(&mut h, s1);
     assert_eq!(got1.len(), 2 * H);
     assert_eq!(queued(&h, "s1"), 0);
     assert_eq!(resumes(&h, p), 0, "s2 is still over its watermark");
@@ -206,29 +193,16 @@ fn a_paused_publisher_that_disconnects_is_forgotten() {
     let s = h.connect("s", V);
     h.subscribe(s, "t", QoS::AtLeastOnce);
     let p = h.connect("p", V);
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p, "t", 2 * H, QoS::AtLeastOnce);
     assert_eq!(pauses(&h, p), 1);
     h.broker.handle_connection_closed(p, h.now);
     h.pump();
-    let mut got = Vec::new();
-    loop {
-        let batch = ack_all(&mut h, s);
-        if batch.is_empty() {
-            break;
-        }
-        got.extend(batch);
-    }
+    let got = drain(&mut h, s);
     assert_eq!(got.len(), 2 * H, "its messages are still delivered");
     assert_eq!(resumes(&h, p), 0, "no resume for a connection that is gone");
     // A new publisher is paused afresh.
     let p2 = h.connect("p2", V);
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p2, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p2, "t", 2 * H, QoS::AtLeastOnce);
     assert_eq!(pauses(&h, p2), 1);
 }
 
@@ -238,10 +212,7 @@ fn a_session_that_ends_releases_its_publishers() {
     let s = h.connect("s", V);
     h.subscribe(s, "t", QoS::AtLeastOnce);
     let p = h.connect("p", V);
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p, "t", 2 * H, QoS::AtLeastOnce);
     assert_eq!(pauses(&h, p), 1);
     h.broker.handle_connection_closed(s, h.now);
     h.pump();
@@ -254,21 +225,14 @@ fn a_paused_publisher_is_not_timed_out_by_keep_alive() {
     let s = h.connect("s", V);
     h.subscribe(s, "t", QoS::AtLeastOnce);
     let (p, _) = h.connect_with(connect("p", V, true, 10));
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p, "t", 2 * H, QoS::AtLeastOnce);
     assert_eq!(pauses(&h, p), 1);
     h.advance(secs(120));
     assert!(
         !h.is_closed(p),
         "we stopped reading it: its silence is ours"
     );
-    loop {
-        if ack_all(&mut h, s).is_empty() {
-            break;
-        }
-    }
+    drain(&mut h, s);
     assert_eq!(resumes(&h, p), 1);
     // Resumed: its keep alive applies again, from the last check.
     h.advance(secs(40));
@@ -282,10 +246,7 @@ fn qos0_is_still_dropped_at_the_watermark_and_pauses_nobody() {
     h.subscribe(s, "t", QoS::AtLeastOnce);
     let p = h.connect("p", V);
     // Fill the queue to the watermark with QoS 1 (pauses p).
-    for i in 0..H + 2 {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(p, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, p, "t", H + 2, QoS::AtLeastOnce);
     assert_eq!(queued(&h, "s"), H);
     let p0 = h.connect("p0", V);
     for _ in 0..5 {
@@ -301,10 +262,7 @@ fn a_slow_consumer_publishing_to_itself_is_never_paused() {
     let mut h = Harness::new(cfg());
     let s = h.connect("s", V);
     h.subscribe(s, "t", QoS::AtLeastOnce);
-    for i in 0..3 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(s, "t", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, s, "t", 3 * H, QoS::AtLeastOnce);
     assert_eq!(flow_events(&h), 0);
     assert_eq!(queued(&h, "s"), 3 * H - 2);
     assert_eq!(h.broker.metrics().dropped_total(), 0);
@@ -320,15 +278,9 @@ fn a_connection_whose_own_session_is_over_its_watermark_is_not_paused() {
     h.subscribe(a, "to/a", QoS::AtLeastOnce);
     let b = h.connect("b", V);
     h.subscribe(b, "to/b", QoS::AtLeastOnce);
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(a, "to/b", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, a, "to/b", 2 * H, QoS::AtLeastOnce);
     assert_eq!(pauses(&h, a), 1, "b's queue pauses a");
-    for i in 0..2 * H {
-        let id = u16::try_from(i + 1).unwrap();
-        h.publish(b, "to/a", &i.to_string(), QoS::AtLeastOnce, id);
-    }
+    publish_burst(&mut h, b, "to/a", 2 * H, QoS::AtLeastOnce);
     // a's queue reached its watermark: a must read its acks, so it resumes,
     // and b (whose own queue is over its watermark) is not paused.
     assert_eq!(resumes(&h, a), 1);
