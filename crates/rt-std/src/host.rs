@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -77,15 +77,30 @@ impl Waker {
 pub struct Subscription {
     rx: Receiver<Message>,
     waker: Arc<Waker>,
+    /// A message `is_closed` had to take off the channel to look: handed
+    /// out first by the next receive, so looking never loses one.
+    peeked: Mutex<Option<Message>>,
 }
 
 impl Subscription {
     pub(crate) fn new(rx: Receiver<Message>, waker: Arc<Waker>) -> Self {
-        Self { rx, waker }
+        Self {
+            rx,
+            waker,
+            peeked: Mutex::new(None),
+        }
+    }
+
+    fn peeked(&self) -> std::sync::MutexGuard<'_, Option<Message>> {
+        // A panic elsewhere cannot leave an `Option` half-written.
+        self.peeked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The next message; `None` once the broker has stopped.
     pub fn recv(&self) -> Option<Message> {
+        if let Some(m) = self.peeked().take() {
+            return Some(m);
+        }
         let m = self.rx.recv().ok()?;
         self.waker.took_one();
         Some(m)
@@ -94,6 +109,9 @@ impl Subscription {
     /// The next message within `timeout`; `None` on timeout or once the
     /// broker has stopped (see [`Self::is_closed`] to tell them apart).
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Message> {
+        if let Some(m) = self.peeked().take() {
+            return Some(m);
+        }
         match self.rx.recv_timeout(timeout) {
             Ok(m) => {
                 self.waker.took_one();
@@ -105,6 +123,9 @@ impl Subscription {
 
     /// A message if one is waiting.
     pub fn try_recv(&self) -> Option<Message> {
+        if let Some(m) = self.peeked().take() {
+            return Some(m);
+        }
         let m = self.rx.try_recv().ok()?;
         self.waker.took_one();
         Some(m)
@@ -112,7 +133,19 @@ impl Subscription {
 
     /// True once the broker has stopped and every message was taken.
     pub fn is_closed(&self) -> bool {
-        matches!(self.rx.try_recv(), Err(TryRecvError::Disconnected))
+        let mut peeked = self.peeked();
+        if peeked.is_some() {
+            return false;
+        }
+        match self.rx.try_recv() {
+            Ok(m) => {
+                self.waker.took_one();
+                *peeked = Some(m);
+                false
+            }
+            Err(TryRecvError::Empty) => false,
+            Err(TryRecvError::Disconnected) => true,
+        }
     }
 }
 

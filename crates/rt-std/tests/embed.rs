@@ -189,3 +189,23 @@ fn dropping_the_handle_shuts_down() {
     assert!(sub.recv_timeout(T).is_none());
     assert!(sub.is_closed());
 }
+
+#[test]
+fn is_closed_never_loses_a_waiting_message() {
+    let broker = start("");
+    let sub = broker.subscribe("p/#", QoS::AtLeastOnce).expect("ok");
+    broker
+        .publish("p/a", "one", QoS::AtLeastOnce, false)
+        .expect("published");
+    // Ask while the message arrives (an in-process delivery takes
+    // microseconds; this asks for up to a second): asking must not eat it.
+    for _ in 0..1000 {
+        assert!(!sub.is_closed(), "the broker is running");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let m = sub.recv_timeout(T).expect("the message is still there");
+    assert_eq!((&*m.topic, &m.payload[..]), ("p/a", &b"one"[..]));
+    broker.shutdown().expect("clean shutdown");
+    assert!(sub.recv_timeout(T).is_none());
+    assert!(sub.is_closed());
+}

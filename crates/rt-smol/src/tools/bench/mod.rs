@@ -71,7 +71,8 @@ pub struct CommonArgs {
     pub clients: u64,
     /// Milliseconds between two client connects (0: as fast as
     /// --connect-concurrency allows).
-    #[arg(long = "interval-ms", value_name = "MS", default_value_t = 0.0)]
+    #[arg(long = "interval-ms", value_name = "MS", default_value_t = 0.0,
+          value_parser = parse_interval_ms)]
     pub interval_ms: f64,
     /// Connects in progress (TCP connect to CONNACK) at most.
     #[arg(long = "connect-concurrency", value_name = "N", default_value_t = 200,
@@ -187,6 +188,14 @@ fn parse_version(s: &str) -> Result<ProtocolVersion, String> {
         "4" | "311" | "3.1.1" => Ok(ProtocolVersion::V3_1_1),
         "5" | "5.0" => Ok(ProtocolVersion::V5),
         _ => Err("expected 4 (3.1.1) or 5".into()),
+    }
+}
+
+/// At most an hour between connects, so every later arithmetic is finite.
+fn parse_interval_ms(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(ms) if ms.is_finite() && (0.0..=3_600_000.0).contains(&ms) => Ok(ms),
+        _ => Err("expected milliseconds between 0 and 3600000".into()),
     }
 }
 
