@@ -28,6 +28,8 @@ use mqtt_core::broker::{BrokerConfig, SharedStrategy};
 use mqtt_core::codec::{ProtocolVersion, QoS, MAX_PACKET_SIZE};
 use serde::{Deserialize, Serialize};
 
+use crate::quic::QuicSetupError;
+
 /// A configuration problem, always naming where it is.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -100,7 +102,7 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Executor threads; 0 = one per CPU core.
+    /// smol executor threads; 0 = one per CPU core. rt-std ignores it.
     pub worker_threads: usize,
     /// How long a graceful shutdown waits for sockets to flush.
     #[serde(with = "duration")]
@@ -366,9 +368,10 @@ impl BrokerSection {
 #[serde(rename_all = "snake_case")]
 pub enum BridgeTransportName {
     Tcp,
-    /// Not available in this runtime yet (dials fail at once).
+    /// Not built yet (there is no TLS listener issue): a dial fails at
+    /// once, so a transport list falls back to the next one.
     Tls,
-    /// Not available in this runtime yet (dials fail at once).
+    /// MQTT over QUIC (the `quic_*` keys).
     Quic,
 }
 
@@ -665,6 +668,29 @@ impl BridgeSection {
 }
 
 impl Config {
+    /// Bind every listener, in config order: TCP ones with `tcp`, QUIC ones
+    /// with `quic` (given the listener's index, for error paths). The
+    /// runtime opens the sockets; a socket that cannot be bound fails with
+    /// `bind_err` (listener name, address, cause). The first failure stops.
+    pub fn bind_listeners<T, Q, E: From<QuicSetupError>>(
+        &self,
+        mut tcp: impl FnMut(&ListenerConfig) -> std::io::Result<T>,
+        mut quic: impl FnMut(&ListenerConfig, usize) -> Result<std::io::Result<Q>, QuicSetupError>,
+        bind_err: impl Fn(String, SocketAddr, std::io::Error) -> E,
+    ) -> Result<(Vec<T>, Vec<Q>), E> {
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        let mut quic_listeners = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let bound = if l.transport == Transport::Quic {
+                quic(l, i)?.map(|q| quic_listeners.push(q))
+            } else {
+                tcp(l).map(|t| listeners.push(t))
+            };
+            bound.map_err(|source| bind_err(l.name.clone(), l.addr(), source))?;
+        }
+        Ok((listeners, quic_listeners))
+    }
+
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -882,10 +908,14 @@ const DOCS: &[(&str, &str)] = &[
         "A tracing filter: error, warn, info, debug, trace, or directives such as\n\
          \"info,rt_smol=debug\". RUST_LOG overrides it; --log-level overrides both.",
     ),
-    ("runtime", "The smol runtime."),
+    (
+        "runtime",
+        "Runtime knobs (`sansmq start --runtime smol|std`).",
+    ),
     (
         "runtime.worker_threads",
-        "Executor threads; 0 = one per CPU core.",
+        "smol executor threads; 0 = one per CPU core. Ignored with --runtime std\n\
+         (it uses a thread per connection).",
     ),
     (
         "runtime.shutdown_timeout",

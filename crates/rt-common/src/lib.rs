@@ -5,6 +5,8 @@
 //!   `BrokerConfig` and `BridgeConfig` plus listener and runtime settings;
 //! - [`log`]: how the core's events, bridge state changes and drop counts
 //!   become log lines, so both runtimes say the same thing the same way;
+//! - [`conns`]: the open connections' write sides, the bytes queued on
+//!   each (the hard write-queue bound) and what their log lines need;
 //! - [`frame`]: splitting a connection's byte stream into packets for the
 //!   read paths (the core keeps every verdict on bytes that do not decode);
 //! - [`links`]: which transport of which bridge is current (generations),
@@ -19,6 +21,7 @@
 //! on request.
 
 pub mod config;
+pub mod conns;
 pub mod frame;
 pub mod links;
 pub mod log;

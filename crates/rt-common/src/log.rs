@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use mqtt_core::bridge::{BridgeMetrics, BridgeState, StateReason};
+use mqtt_core::bridge::{BridgeConfig, BridgeMetrics, BridgeState, StateReason, Transport};
 use mqtt_core::broker::{DisconnectReason, DropReason, Event, Metrics};
-use tracing::{debug, warn, Level};
+use tracing::{debug, info, warn, Level};
 
 /// `tracing` levels are static per call site; pick one at run time.
 #[macro_export]
@@ -213,6 +213,25 @@ pub fn broker_event(ev: &Event, peer: Option<SocketAddr>, connected: bool) {
         // `storage_events` is off: no runtime has a storage layer yet.
         Event::Storage(_) => {}
         other => debug!(event = ?other, "unhandled broker event"),
+    }
+}
+
+/// One line per configured bridge, and a warning for each transport the
+/// runtime does not have (`missing`): its dials fail at once.
+pub fn bridges_configured(bridges: &[BridgeConfig], missing: &[Transport]) {
+    for b in bridges {
+        let addresses = b.addresses.join(", ");
+        info!(bridge = %b.name, %addresses, transports = ?b.transports, "bridge configured");
+        for t in &b.transports {
+            if missing.contains(t) {
+                warn!(
+                    bridge = %b.name,
+                    transport = %t,
+                    "this runtime has no {t} bridge transport yet: every {t} dial fails \
+                     at once (a hybrid transport list falls back to the next transport)"
+                );
+            }
+        }
     }
 }
 

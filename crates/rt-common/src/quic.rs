@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt_core::bridge::TransportFailure;
-use mqtt_quic::{ClientIdentity, QuicCloseReason, QuicSettings, ServerTrust};
+use mqtt_quic::{ClientIdentity, QuicCloseReason, QuicEndpoint, QuicSettings, ServerTrust};
 use tracing::warn;
 
 use crate::config::{BridgeSection, ListenerConfig};
@@ -80,6 +80,40 @@ pub fn listener_server_config(
         Some(load_certs(&at("client_ca"), &l.client_ca)?)
     };
     mqtt_quic::server_config(certs, key, client_ca, settings).map_err(tls_err(&at("cert")))
+}
+
+/// Bytes quinn buffers per accepted connection beyond what the client
+/// acknowledged (in flight or waiting for the client's flow control): kept
+/// near the core's per-connection bound instead of quinn's 10 MB, since
+/// bytes quinn took count as written for the core.
+pub const LISTENER_SEND_WINDOW: u64 = 1 << 20;
+
+/// The endpoint of a `transport = "quic"` listener (`index`: its position
+/// in the config, for error paths): its certificates, the listener send
+/// window. The runtime binds its UDP socket and drives it.
+pub fn listener_endpoint(l: &ListenerConfig, index: usize) -> Result<QuicEndpoint, QuicSetupError> {
+    let settings = QuicSettings {
+        send_window: LISTENER_SEND_WINDOW,
+        ..QuicSettings::default()
+    };
+    let server = listener_server_config(l, index, &settings)?;
+    Ok(QuicEndpoint::new(Some(server), None, &settings, None))
+}
+
+/// Per bridge, in index order: its QUIC client setup (None: no QUIC
+/// transport), after warning about insecure settings. The first failure
+/// stops.
+pub fn bridges_quic(
+    bridges: &[BridgeSection],
+) -> Result<Vec<Option<Arc<BridgeQuic>>>, QuicSetupError> {
+    bridges
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            warn_insecure(b);
+            BridgeQuic::from_section(b, i)
+        })
+        .collect()
 }
 
 /// The QUIC settings a bridge section describes.

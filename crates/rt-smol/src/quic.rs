@@ -58,16 +58,13 @@ const MAX_DATAGRAM: usize = 64 * 1024;
 const RECV_BATCH: usize = 64;
 /// Commands (writes, closes) taken in one go.
 const CMD_BATCH: usize = 256;
-/// Bytes quinn buffers per accepted connection beyond what the client
-/// acknowledged (in flight or waiting for the client's flow control).
-const LISTENER_SEND_WINDOW: u64 = 1 << 20;
 /// After `Close`, how long a bridge link waits for its FIN to be
 /// acknowledged before dropping the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 // Certificates, server/client configurations and the bridge settings come
 // from `rt_common::quic`, shared with rt-std.
-pub(crate) use rt_common::quic::{load_certs, warn_insecure, BridgeQuic, QuicSetupError};
+pub(crate) use rt_common::quic::{load_certs, BridgeQuic, QuicSetupError};
 
 // ----- the listener ---------------------------------------------------------
 
@@ -85,14 +82,10 @@ impl QuicListener {
         l: &ListenerConfig,
         index: usize,
     ) -> Result<Result<Self, io::Error>, QuicSetupError> {
-        let settings = QuicSettings {
-            // quinn's own send buffer counts as written for the core's
-            // congestion accounting: keep it near the core's per-connection
-            // bound instead of quinn's 10 MB.
-            send_window: LISTENER_SEND_WINDOW,
-            ..QuicSettings::default()
-        };
-        let server = rt_common::quic::listener_server_config(l, index, &settings)?;
+        // quinn's own send buffer counts as written for the core's
+        // congestion accounting: the listener send window keeps it near
+        // the core's per-connection bound.
+        let endpoint = rt_common::quic::listener_endpoint(l, index)?;
         let socket = match UdpSocket::bind(l.addr()).and_then(Async::new) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
@@ -100,7 +93,7 @@ impl QuicListener {
         Ok(Ok(Self {
             name: l.name.clone(),
             socket,
-            endpoint: QuicEndpoint::new(Some(server), None, &settings, None),
+            endpoint,
         }))
     }
 

@@ -35,7 +35,6 @@
 //! bounded, so when the core task falls behind, connection tasks stop
 //! reading their sockets and TCP flow control slows the publishers.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -62,7 +61,8 @@ use crate::bridge::{tcp_transport, Link};
 use crate::conn::{accept_loop, ConnSettings, WriteHandle};
 use crate::quic::{self, BridgeQuic, QuicListener, QuicSetupError};
 use rt_common::config::{Config, RuntimeConfig};
-use rt_common::log::{self, ClientId, DropLog, Peer};
+use rt_common::conns::{ConnTable, Queued};
+use rt_common::log::{self, DropLog};
 
 /// Inputs to the core task, in arrival order per connection.
 pub(crate) enum Input {
@@ -169,31 +169,18 @@ pub struct Server {
 impl Server {
     /// Bind every listener now, so a taken port fails before anything runs.
     pub fn bind(config: &Config) -> Result<Self, Error> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let mut quic_listeners = Vec::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            let addr = l.addr();
-            let bind_err = |source| Error::Bind {
-                name: l.name.clone(),
-                addr,
-                source,
-            };
-            if l.transport == rt_common::config::Transport::Quic {
-                quic_listeners.push(QuicListener::bind(l, i)?.map_err(bind_err)?);
-                continue;
-            }
-            let std_listener = TcpListener::bind(addr).map_err(bind_err)?;
-            let socket = Async::new(std_listener).map_err(bind_err)?;
-            listeners.push(Listener {
-                name: l.name.clone(),
-                socket,
-            });
-        }
-        let mut quic_bridges = Vec::with_capacity(config.bridges.len());
-        for (i, b) in config.bridges.iter().enumerate() {
-            quic::warn_insecure(b);
-            quic_bridges.push(BridgeQuic::from_section(b, i)?);
-        }
+        let (listeners, quic_listeners) = config.bind_listeners(
+            |l| {
+                let socket = Async::new(TcpListener::bind(l.addr())?)?;
+                Ok(Listener {
+                    name: l.name.clone(),
+                    socket,
+                })
+            },
+            QuicListener::bind,
+            |name, addr, source| Error::Bind { name, addr, source },
+        )?;
+        let quic_bridges = rt_common::quic::bridges_quic(&config.bridges)?;
         Ok(Self {
             listeners,
             quic_listeners,
@@ -269,20 +256,7 @@ impl Server {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        for b in &self.bridges {
-            let addresses = b.addresses.join(", ");
-            info!(bridge = %b.name, %addresses, transports = ?b.transports, "bridge configured");
-            for t in &b.transports {
-                if *t == BridgeTransport::Tls {
-                    warn!(
-                        bridge = %b.name,
-                        transport = %t,
-                        "this runtime has no {t} bridge transport yet: every {t} dial fails \
-                         at once (a hybrid transport list falls back to the next transport)"
-                    );
-                }
-            }
-        }
+        log::bridges_configured(&self.bridges, &[BridgeTransport::Tls]);
         let node = Node::new(self.broker_config, self.bridges, Instant::now())?;
         // Read the normalized limits back from the core, never re-derive them.
         let limits = node.broker().config();
@@ -290,11 +264,6 @@ impl Server {
             max_packet_size: limits.max_packet_size,
             linger: CLOSE_LINGER,
         };
-        let queue_limit = limits
-            .max_pending_bytes_per_connection
-            .saturating_mul(2)
-            .saturating_add(limits.max_packet_size as usize)
-            .saturating_add(64 * 1024);
 
         let (in_tx, in_rx) = async_channel::bounded(INPUT_CAPACITY);
         // Never sent on: it closes when the last connection task drops its clone.
@@ -342,7 +311,7 @@ impl Server {
         };
         drop(alive_tx);
 
-        let mut core = CoreTask::new(node, queue_limit, ex.clone(), in_tx);
+        let mut core = CoreTask::new(node, ex.clone(), in_tx);
         for (slot, q) in core.bridges.iter_mut().zip(self.quic_bridges) {
             slot.quic = q;
         }
@@ -378,18 +347,6 @@ impl Server {
     }
 }
 
-/// The runtime's handle on one connection: its write queue and what the
-/// logs need. No protocol state.
-struct ConnHandle {
-    tx: WriteHandle,
-    /// Bytes queued and not yet reported written.
-    queued: usize,
-    peer: Option<SocketAddr>,
-    /// Set by `ClientConnected`, for log lines only. (The client id is the
-    /// core's to tell: one copy per connection is enough.)
-    connected: bool,
-}
-
 /// The runtime's handle on one bridge transport (dialing or open).
 struct BridgeLink {
     generation: u64,
@@ -412,10 +369,8 @@ struct BridgeSlot {
 
 struct CoreTask {
     node: Node,
-    conns: HashMap<ConnectionId, ConnHandle>,
-    /// Connections to forget once the current drain has logged their events.
-    dead: Vec<ConnectionId>,
-    queue_limit: usize,
+    /// Open connections: write queues, queued bytes, what the logs need.
+    conns: ConnTable<WriteHandle>,
     bridges: Vec<BridgeSlot>,
     ex: Arc<Executor<'static>>,
     to_core: Sender<Input>,
@@ -431,12 +386,7 @@ enum Wake {
 }
 
 impl CoreTask {
-    fn new(
-        node: Node,
-        queue_limit: usize,
-        ex: Arc<Executor<'static>>,
-        to_core: Sender<Input>,
-    ) -> Self {
+    fn new(node: Node, ex: Arc<Executor<'static>>, to_core: Sender<Input>) -> Self {
         let bridges = (0..node.bridge_count())
             .map(|i| BridgeSlot {
                 name: node
@@ -448,10 +398,8 @@ impl CoreTask {
             })
             .collect();
         Self {
+            conns: ConnTable::new(node.broker().config()),
             node,
-            conns: HashMap::new(),
-            dead: Vec::new(),
-            queue_limit,
             bridges,
             ex,
             to_core,
@@ -541,16 +489,7 @@ impl CoreTask {
     fn handle(&mut self, input: Input, now: Instant) -> bool {
         match input {
             Input::Opened { conn, info, tx } => {
-                debug!(%conn, peer = %Peer(info.peer), listener = %info.listener, "connection opened");
-                self.conns.insert(
-                    conn,
-                    ConnHandle {
-                        tx,
-                        queued: 0,
-                        peer: info.peer,
-                        connected: false,
-                    },
-                );
+                self.conns.opened(conn, &info, tx);
                 self.node.handle_connection_opened(conn, info, now);
             }
             Input::Packet { conn, packet } => self.node.handle_packet(conn, *packet, now),
@@ -561,21 +500,12 @@ impl CoreTask {
             }
             Input::Malformed { conn, mut bytes } => self.node.handle_read(conn, &mut bytes, now),
             Input::Written { conn, n } => {
-                if let Some(h) = self.conns.get_mut(&conn) {
-                    h.queued = h.queued.saturating_sub(n);
-                }
+                self.conns.written(conn, n);
                 self.node.handle_written(conn, n, now);
             }
             Input::Closed { conn, error } => {
-                if let Some(h) = self.conns.get(&conn) {
-                    if !h.connected {
-                        debug!(%conn, peer = %Peer(h.peer), error = ?error, "connection closed before CONNECT");
-                    } else if let Some(e) = &error {
-                        debug!(%conn, peer = %Peer(h.peer), error = %e, "socket error");
-                    }
-                }
+                self.conns.closed(conn, error.as_ref());
                 self.node.handle_connection_closed(conn, now);
-                self.dead.push(conn);
             }
             Input::BridgeUp { link } => {
                 if let Some(l) = self.current_link(link) {
@@ -737,63 +667,40 @@ impl CoreTask {
                 break;
             }
         }
-        for conn in self.dead.drain(..) {
-            // Dropping the handle closes the write queue; its task ends.
-            self.conns.remove(&conn);
-        }
+        // Dropping the handle closes the write queue; its task ends.
+        self.conns.forget_dead();
         self.drops.log(self.node.broker().metrics(), now);
     }
 
     fn deliver(&mut self, t: Transmit, now: Instant) {
-        let Some(h) = self.conns.get_mut(&t.conn) else {
-            // Already gone on our side; the core has been or is being told.
-            return;
-        };
-        let len = t.data.len();
-        if h.queued.saturating_add(len) > self.queue_limit {
-            error!(
-                conn = %t.conn,
-                peer = %Peer(h.peer),
-                client_id = %ClientId(self.node.broker().connection_client_id(t.conn)),
-                queued = h.queued,
-                incoming = len,
-                limit = self.queue_limit,
-                "write queue over its hard bound: dropping the connection"
-            );
-            h.tx.abort();
+        let broker = self.node.broker();
+        // Unbounded queue, bounded by the byte count: never blocks the core
+        // task. Refused means the write half is gone or going and its
+        // `Closed` input is on the way.
+        let queued = self.conns.queue(
+            t.conn,
+            t.data,
+            || broker.connection_client_id(t.conn),
+            |tx, data| tx.push(data),
+        );
+        if queued == Queued::OverBound {
+            if let Some(tx) = self.conns.get(t.conn) {
+                tx.abort();
+            }
             self.node.handle_connection_closed(t.conn, now);
-            self.dead.push(t.conn);
-            return;
-        }
-        // Unbounded queue, bounded by the byte count above: never blocks
-        // the core task. Refused means the write half is gone or going and
-        // its `Closed` input is on the way.
-        if h.tx.push(t.data) {
-            h.queued += len;
+            self.conns.mark_dead(t.conn);
         }
     }
 
     fn on_event(&mut self, ev: Event) {
-        // The log lines are shared with rt-std (rt_common::log).
-        let (peer, connected) = match &ev {
-            Event::ClientDisconnected { conn, .. } | Event::CloseConnection { conn, .. } => self
-                .conns
-                .get(conn)
-                .map_or((None, false), |h| (h.peer, h.connected)),
-            _ => (None, false),
-        };
-        log::broker_event(&ev, peer, connected);
+        // The log lines are shared with rt-std (rt_common::conns).
+        self.conns.event(&ev);
         match ev {
-            Event::ClientConnected { conn, .. } => {
-                if let Some(h) = self.conns.get_mut(&conn) {
-                    h.connected = true;
-                }
-            }
             Event::CloseConnection { conn, .. } => {
                 // After the final bytes already queued: the write half
                 // flushes them, then closes.
-                if let Some(h) = self.conns.remove(&conn) {
-                    h.tx.close();
+                if let Some(tx) = self.conns.remove(conn) {
+                    tx.close();
                 }
             }
             // Flow control. QUIC connections ignore it (their stream is
@@ -801,13 +708,13 @@ impl CoreTask {
             // reading one stream would need per-stream read control in
             // mqtt-quic): they keep today's bounded-queue policy.
             Event::PauseReading { conn } => {
-                if let Some(h) = self.conns.get(&conn) {
-                    h.tx.set_read_paused(true);
+                if let Some(tx) = self.conns.get(conn) {
+                    tx.set_read_paused(true);
                 }
             }
             Event::ResumeReading { conn } => {
-                if let Some(h) = self.conns.get(&conn) {
-                    h.tx.set_read_paused(false);
+                if let Some(tx) = self.conns.get(conn) {
+                    tx.set_read_paused(false);
                 }
             }
             _ => {}

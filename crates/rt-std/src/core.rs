@@ -16,20 +16,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use bytestring::ByteString;
 use mqtt_core::bridge::{BridgeEvent, Transport as BridgeTransport, TransportFailure};
 use mqtt_core::broker::{ConnectionId, ConnectionInfo, Event, Message, Metrics, Transmit};
 use mqtt_core::codec::Packet;
 use mqtt_core::node::{BridgeId, Node, NodeEvent, NodeTransmit};
+use rt_common::conns::{ConnTable, Queued};
 use rt_common::links::{BridgeLinks, Link, LinkState};
-use rt_common::log::{self, ClientId, DropLog, Peer};
+use rt_common::log::{self, DropLog};
 use rt_common::quic::BridgeQuic;
 use tracing::{debug, error, warn};
 
@@ -196,19 +196,11 @@ pub(crate) fn run(setup: CoreSetup) -> Result<Metrics, Error> {
         alive_rx,
         shutdown_timeout,
     } = setup;
-    let limits = node.broker().config();
-    let queue_limit = limits
-        .max_pending_bytes_per_connection
-        .saturating_mul(2)
-        .saturating_add(limits.max_packet_size as usize)
-        .saturating_add(64 * 1024);
     let core = Core {
         links: BridgeLinks::new(&node),
+        conns: ConnTable::new(node.broker().config()),
         quic_bridges,
         node,
-        conns: HashMap::new(),
-        dead: Vec::new(),
-        queue_limit,
         to_core,
         fatal: None,
         drops: DropLog::new(),
@@ -246,23 +238,10 @@ pub(crate) fn run(setup: CoreSetup) -> Result<Metrics, Error> {
     }
 }
 
-/// The runtime's handle on one connection: its write queue and what the
-/// logs need. No protocol state.
-struct ConnHandle {
-    tx: Writer,
-    /// Bytes queued and not yet reported written.
-    queued: usize,
-    peer: Option<SocketAddr>,
-    /// Set on `ClientConnected`, for logs.
-    client_id: Option<ByteString>,
-}
-
 struct Core {
     node: Node,
-    conns: HashMap<ConnectionId, ConnHandle>,
-    /// Closed by the transport: forgotten after the current drain.
-    dead: Vec<ConnectionId>,
-    queue_limit: usize,
+    /// Open connections: write queues, queued bytes, what the logs need.
+    conns: ConnTable<Writer>,
     links: BridgeLinks<LinkTx>,
     /// Per bridge, its QUIC client setup (None: no QUIC transport).
     quic_bridges: Vec<Option<Arc<BridgeQuic>>>,
@@ -386,16 +365,7 @@ impl Core {
     fn handle(&mut self, input: Input, now: Instant) -> bool {
         match input {
             Input::Opened { conn, info, tx } => {
-                debug!(%conn, peer = %Peer(info.peer), listener = %info.listener, "connection opened");
-                self.conns.insert(
-                    conn,
-                    ConnHandle {
-                        tx,
-                        queued: 0,
-                        peer: info.peer,
-                        client_id: None,
-                    },
-                );
+                self.conns.opened(conn, &info, tx);
                 self.node.handle_connection_opened(conn, info, now);
             }
             Input::Packet { conn, packet } => self.node.handle_packet(conn, *packet, now),
@@ -406,21 +376,12 @@ impl Core {
             }
             Input::Malformed { conn, mut bytes } => self.node.handle_read(conn, &mut bytes, now),
             Input::Written { conn, n } => {
-                if let Some(h) = self.conns.get_mut(&conn) {
-                    h.queued = h.queued.saturating_sub(n);
-                }
+                self.conns.written(conn, n);
                 self.node.handle_written(conn, n, now);
             }
             Input::Closed { conn, error } => {
-                if let Some(h) = self.conns.get(&conn) {
-                    if h.client_id.is_none() {
-                        debug!(%conn, peer = %Peer(h.peer), error = ?error, "connection closed before CONNECT");
-                    } else if let Some(e) = &error {
-                        debug!(%conn, peer = %Peer(h.peer), error = %e, "socket error");
-                    }
-                }
+                self.conns.closed(conn, error.as_ref());
                 self.node.handle_connection_closed(conn, now);
-                self.dead.push(conn);
             }
             Input::BridgeUp { link } => {
                 if let Some(l) = self.links.current(link) {
@@ -568,66 +529,40 @@ impl Core {
                 break;
             }
         }
-        for conn in self.dead.drain(..) {
-            // Dropping the handle closes the write queue; the writer ends.
-            self.conns.remove(&conn);
-        }
+        // Dropping the handle closes the write queue; the writer ends.
+        self.conns.forget_dead();
         self.drops.log(self.node.broker().metrics(), now);
     }
 
     fn deliver(&mut self, t: Transmit, now: Instant) {
-        let Some(h) = self.conns.get_mut(&t.conn) else {
-            // Already gone on our side; the core has been or is being told.
-            return;
-        };
-        let len = t.data.len();
-        if h.queued.saturating_add(len) > self.queue_limit {
-            error!(
-                conn = %t.conn,
-                peer = %Peer(h.peer),
-                client_id = %ClientId(h.client_id.as_ref()),
-                queued = h.queued,
-                incoming = len,
-                limit = self.queue_limit,
-                "write queue over its hard bound: dropping the connection"
-            );
+        let broker = self.node.broker();
+        // A refused send means the writer is gone and its `Closed` is on
+        // the way.
+        let queued = self.conns.queue(
+            t.conn,
+            t.data,
+            || broker.connection_client_id(t.conn),
+            |tx, data| tx.send(data),
+        );
+        if queued == Queued::OverBound {
             // No flush: the socket is shut down under the writer.
-            if let Some(h) = self.conns.remove(&t.conn) {
-                h.tx.abort();
+            if let Some(tx) = self.conns.remove(t.conn) {
+                tx.abort();
             }
             self.node.handle_connection_closed(t.conn, now);
-            return;
-        }
-        // An error means the writer is gone and its `Closed` is on the way.
-        if h.tx.send(t.data) {
-            h.queued += len;
         }
     }
 
     fn on_event(&mut self, ev: Event) {
-        let (peer, connected) = match &ev {
-            Event::ClientDisconnected { conn, .. } | Event::CloseConnection { conn, .. } => self
-                .conns
-                .get(conn)
-                .map_or((None, false), |h| (h.peer, h.client_id.is_some())),
-            _ => (None, false),
-        };
-        log::broker_event(&ev, peer, connected);
+        self.conns.event(&ev);
         match ev {
-            Event::ClientConnected {
-                conn, client_id, ..
-            } => {
-                if let Some(h) = self.conns.get_mut(&conn) {
-                    h.client_id = Some(client_id);
-                }
-            }
             Event::CloseConnection { conn, .. } => {
                 if self.hosts.contains(conn) {
                     self.hosts.on_closed(conn);
-                } else if let Some(h) = self.conns.remove(&conn) {
+                } else if let Some(tx) = self.conns.remove(conn) {
                     // After the final bytes already queued: the writer
                     // flushes them, then closes.
-                    if let Some(stream) = h.tx.close() {
+                    if let Some(stream) = tx.close() {
                         let at = Instant::now() + self.flush_limit;
                         self.flushing.insert(conn, stream);
                         self.flush_deadlines.push_back((at, conn));
@@ -635,13 +570,13 @@ impl Core {
                 }
             }
             Event::PauseReading { conn } => {
-                if let Some(h) = self.conns.get(&conn) {
-                    h.tx.set_read_paused(true);
+                if let Some(tx) = self.conns.get(conn) {
+                    tx.set_read_paused(true);
                 }
             }
             Event::ResumeReading { conn } => {
-                if let Some(h) = self.conns.get(&conn) {
-                    h.tx.set_read_paused(false);
+                if let Some(tx) = self.conns.get(conn) {
+                    tx.set_read_paused(false);
                 }
             }
             _ => {}

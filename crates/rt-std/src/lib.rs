@@ -74,7 +74,7 @@ use mqtt_core::bridge::{BridgeConfigError, Transport as BridgeTransport};
 use mqtt_core::broker::{ConnectionId, Message as CoreMessage};
 use mqtt_core::codec::{Properties, ReasonCode};
 use mqtt_core::node::Node;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use host::{Message, Subscription};
 pub use mqtt_core::broker::Metrics;
@@ -85,7 +85,7 @@ use crate::conn::{AcceptCtx, Acceptor, ConnSettings, Listener};
 use crate::core::{CoreSetup, Input};
 use crate::quic::QuicListener;
 use config::Config;
-use rt_common::quic::{BridgeQuic, QuicSetupError};
+use rt_common::quic::QuicSetupError;
 
 /// Capacity of the channel into the core thread (read backpressure).
 const INPUT_CAPACITY: usize = 1024;
@@ -144,49 +144,23 @@ impl Broker {
     /// [`Error::BridgeFatal`]). `runtime.worker_threads` does not apply
     /// (threads follow connections); `runtime.shutdown_timeout` does.
     pub fn start(config: &Config) -> Result<Handle, Error> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let mut quic_listeners = Vec::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            let addr = l.addr();
-            let bind_err = |source| Error::Bind {
-                name: l.name.clone(),
-                addr,
-                source,
-            };
-            if l.transport == config::Transport::Quic {
-                quic_listeners.push(QuicListener::bind(l, i)?.map_err(bind_err)?);
-                continue;
-            }
-            let socket = TcpListener::bind(addr).map_err(bind_err)?;
-            listeners.push(Listener {
-                name: l.name.clone(),
-                socket,
-            });
-        }
-        let mut quic_bridges = Vec::with_capacity(config.bridges.len());
-        for (i, b) in config.bridges.iter().enumerate() {
-            rt_common::quic::warn_insecure(b);
-            quic_bridges.push(BridgeQuic::from_section(b, i)?);
-        }
+        let (listeners, quic_listeners) = config.bind_listeners(
+            |l| {
+                Ok(Listener {
+                    name: l.name.clone(),
+                    socket: TcpListener::bind(l.addr())?,
+                })
+            },
+            QuicListener::bind,
+            |name, addr, source| Error::Bind { name, addr, source },
+        )?;
+        let quic_bridges = rt_common::quic::bridges_quic(&config.bridges)?;
         let bridges: Vec<_> = config
             .bridges
             .iter()
             .map(|b| b.to_bridge_config())
             .collect();
-        for b in &bridges {
-            let addresses = b.addresses.join(", ");
-            info!(bridge = %b.name, %addresses, transports = ?b.transports, "bridge configured");
-            for t in &b.transports {
-                if *t == BridgeTransport::Tls {
-                    warn!(
-                        bridge = %b.name,
-                        transport = %t,
-                        "this runtime has no {t} bridge transport yet: every {t} dial fails \
-                         at once (a hybrid transport list falls back to the next transport)"
-                    );
-                }
-            }
-        }
+        rt_common::log::bridges_configured(&bridges, &[BridgeTransport::Tls]);
         let node = Node::new(config.broker.to_broker_config(), bridges, Instant::now())?;
         let settings = ConnSettings {
             // The core's normalized limit, never re-derived.

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mqtt_core::bridge::TransportFailure;
 use mqtt_core::broker::{ConnectionId, ConnectionInfo};
-use mqtt_quic::{Datagram, QuicCloseReason, QuicConnId, QuicEndpoint, QuicEvent, QuicSettings};
+use mqtt_quic::{Datagram, QuicCloseReason, QuicConnId, QuicEndpoint, QuicEvent};
 use rt_common::config::ListenerConfig;
 use rt_common::frame::{Framer, Next};
 use rt_common::links::Link;
@@ -49,10 +49,6 @@ use crate::core::{Input, Outbound, Writer};
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Commands taken in one go before the endpoint's outputs are drained.
 const CMD_BATCH: usize = 256;
-/// Bytes quinn buffers per accepted connection beyond what the client
-/// acknowledged: kept near the core's per-connection bound, since bytes
-/// quinn took count as written for the core.
-const LISTENER_SEND_WINDOW: u64 = 1 << 20;
 /// After a bridge link's `Close`, how long it waits for its FIN to be
 /// acknowledged before dropping the socket.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
@@ -106,11 +102,7 @@ impl QuicListener {
         l: &ListenerConfig,
         index: usize,
     ) -> Result<Result<Self, io::Error>, QuicSetupError> {
-        let settings = QuicSettings {
-            send_window: LISTENER_SEND_WINDOW,
-            ..QuicSettings::default()
-        };
-        let server = setup::listener_server_config(l, index, &settings)?;
+        let endpoint = setup::listener_endpoint(l, index)?;
         let socket = match UdpSocket::bind(l.addr()) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
@@ -118,7 +110,7 @@ impl QuicListener {
         Ok(Ok(Self {
             name: l.name.clone(),
             socket,
-            endpoint: QuicEndpoint::new(Some(server), None, &settings, None),
+            endpoint,
         }))
     }
 
