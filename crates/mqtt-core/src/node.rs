@@ -325,6 +325,7 @@ impl Node {
             ConnectionInfo {
                 peer: None,
                 listener: "bridge".into(),
+                internal: true,
             },
             now,
         );

@@ -522,3 +522,44 @@ fn clients_cannot_publish_to_sys() {
     assert!(h.publishes(w).is_empty());
     let _ = Bytes::new();
 }
+
+/// Client ids under `$bridge/` and `$host/` name the broker's own sessions
+/// (a bridge's local side, an embedding host): a peer using one would take
+/// such a session over, so its CONNECT is refused (0x85; the server may
+/// reject any client id, MQTT-3.1.3-9 / 3.1.3.1).
+#[test]
+fn reserved_client_ids_are_refused_from_peers_and_allowed_internally() {
+    let mut h = Harness::new(cfg());
+    for id in ["$bridge/cloud", "$host/1"] {
+        for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+            let (c, ack) = h.connect_with(connect(id, version, true, 0));
+            assert_eq!(
+                ack.reason_code,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                "{id} {version:?}"
+            );
+            assert!(h.is_closed(c));
+        }
+    }
+    // A look-alike that is not under a reserved prefix is an ordinary id.
+    let (_, ack) = h.connect_with(connect("$bridges", ProtocolVersion::V5, true, 0));
+    assert_eq!(ack.reason_code, ReasonCode::SUCCESS);
+
+    // The program's own connection may use it.
+    let conn = ConnectionId(9_000);
+    let info = ConnectionInfo {
+        internal: true,
+        ..ConnectionInfo::default()
+    };
+    h.broker.handle_connection_opened(conn, info, h.now);
+    h.pump();
+    h.send(
+        conn,
+        Packet::Connect(connect("$host/1", ProtocolVersion::V5, true, 0)),
+    );
+    let got = h.take(conn);
+    assert!(
+        matches!(got.first(), Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::SUCCESS),
+        "{got:?}"
+    );
+}

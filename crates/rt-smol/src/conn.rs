@@ -277,6 +277,7 @@ pub(crate) async fn accept_loop(
                 let info = ConnectionInfo {
                     peer: Some(peer),
                     listener: listener.name.clone(),
+                    internal: false,
                 };
                 // Opened goes first, from here: it then precedes every input
                 // of the connection, and the task never holds `info`. A busy

@@ -196,6 +196,7 @@ pub(crate) async fn listener_task(
                         let info = ConnectionInfo {
                             peer: Some(remote),
                             listener: name.clone(),
+                            internal: false,
                         };
                         ex.spawn(forward(queue, qid, cmd_tx.clone())).detach();
                         conns.insert(

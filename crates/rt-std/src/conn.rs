@@ -115,6 +115,7 @@ fn accept_loop(listener: Listener, ctx: AcceptCtx) {
                 let info = ConnectionInfo {
                     peer: Some(peer),
                     listener: listener.name.clone(),
+                    internal: false,
                 };
                 if !start_connection(stream, conn, info, &ctx) {
                     return; // the core is gone

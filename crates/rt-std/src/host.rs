@@ -198,7 +198,7 @@ impl Hosts {
     /// Open the in-memory connection and queue CONNECT and SUBSCRIBE.
     pub(crate) fn open(&mut self, node: &mut Node, req: SubscribeRequest, now: Instant) {
         let config = ClientConfig {
-            client_id: format!("sansmq-host-{}", req.conn.0).into(),
+            client_id: format!("$host/{}", req.conn.0).into(),
             // No PINGREQ: the link cannot fail silently.
             keep_alive: 0,
             ..Default::default()
@@ -225,6 +225,7 @@ impl Hosts {
             ConnectionInfo {
                 peer: None,
                 listener: "host".into(),
+                internal: true,
             },
             now,
         );

@@ -312,7 +312,7 @@ impl Handle {
     /// Subscribe in-process to `filter` (wildcards and `$share` allowed),
     /// at most at `qos`. Returns once the broker granted it (retained
     /// messages may already be waiting). The broker sees an ordinary MQTT
-    /// 5.0 session named `sansmq-host-<n>`.
+    /// 5.0 session named `$host/<n>` (a reserved id: no network client can take it over).
     pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<Subscription, Error> {
         let conn = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::sync_channel(SUBSCRIPTION_CAPACITY);

@@ -405,6 +405,7 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
                     let info = ConnectionInfo {
                         peer: Some(remote),
                         listener: ctx.name.clone(),
+                        internal: false,
                     };
                     let _ = ctx.to_core.send(Input::Opened { conn, info, tx });
                 }

@@ -77,6 +77,7 @@ impl Listener {
                 let info = ConnectionInfo {
                     peer: Some(peer.addr(40_000)),
                     listener: "tcp".to_owned(),
+                    internal: false,
                 };
                 core.opened(conn, info, cx.now);
                 true

@@ -578,6 +578,7 @@ impl SimQuic {
                 let info = ConnectionInfo {
                     peer: Some(remote),
                     listener: "quic".to_owned(),
+                    internal: false,
                 };
                 node.handle_connection_opened(id, info, now);
             }

@@ -66,7 +66,7 @@ pub use session::{
 };
 pub use types::{
     ConnectionId, ConnectionInfo, DisconnectReason, Event, ProtocolViolation, SharedStrategy,
-    StorageEvent, TimeoutReason, TimerOwner, Transmit,
+    StorageEvent, TimeoutReason, TimerOwner, Transmit, RESERVED_CLIENT_ID_PREFIXES,
 };
 
 use std::cell::Cell;
@@ -790,6 +790,18 @@ impl Broker {
                     conn,
                     ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
                     "client identifier too long",
+                    now,
+                );
+            }
+            if !c.info.internal
+                && RESERVED_CLIENT_ID_PREFIXES
+                    .iter()
+                    .any(|p| connect.client_id.starts_with(p))
+            {
+                return self.refuse_connect(
+                    conn,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                    "client identifier reserved for the broker's own sessions",
                     now,
                 );
             }

@@ -30,7 +30,17 @@ pub struct ConnectionInfo {
     pub peer: Option<SocketAddr>,
     /// The name of the listener that accepted it ("tcp", "tls", "quic", ...).
     pub listener: String,
+    /// Opened by the program itself (a bridge's local side, an embedding
+    /// host's in-process session), not by a peer: only such a connection
+    /// may use a client id under [`RESERVED_CLIENT_ID_PREFIXES`].
+    pub internal: bool,
 }
+
+/// Client ids that name the broker's own sessions (`$bridge/<name>` for a
+/// bridge's local side, `$host/<n>` for an embedding host). A CONNECT from
+/// a peer with one of them is refused, so no network client can take such
+/// a session over.
+pub const RESERVED_CLIENT_ID_PREFIXES: &[&str] = &["$bridge/", "$host/"];
 
 /// Bytes to write to one connection. All bytes queued for a connection since
 /// the last `poll_transmit` come out as one `Transmit`.
