@@ -191,7 +191,11 @@ pub fn host_of(address: &str) -> &str {
 /// How the end of a QUIC dial is reported to the bridge.
 pub fn failure_of(reason: &QuicCloseReason) -> TransportFailure {
     match reason {
-        QuicCloseReason::HandshakeTimeout => TransportFailure::Timeout,
+        // Before the MQTT stream is up, quinn's idle timeout is a handshake
+        // that got no answer: a timeout like ours.
+        QuicCloseReason::HandshakeTimeout | QuicCloseReason::IdleTimeout => {
+            TransportFailure::Timeout
+        }
         QuicCloseReason::Refused => TransportFailure::Refused,
         other => TransportFailure::Error(other.to_string()),
     }

@@ -615,23 +615,16 @@ impl SimQuic {
                     if b.up {
                         node.handle_bridge_transport_down(id, now);
                     } else {
-                        node.handle_bridge_transport_failed(id, failure_of(&reason), now);
+                        node.handle_bridge_transport_failed(
+                            id,
+                            rt_common::quic::failure_of(&reason),
+                            now,
+                        );
                     }
                 } else {
                     self.forget_served(conn, node, cx);
                 }
             }
         }
-    }
-}
-
-/// A QUIC connection that never reached `Connected`, as a dial failure.
-fn failure_of(reason: &QuicCloseReason) -> TransportFailure {
-    match reason {
-        QuicCloseReason::HandshakeTimeout | QuicCloseReason::IdleTimeout => {
-            TransportFailure::Timeout
-        }
-        QuicCloseReason::Refused => TransportFailure::Refused,
-        other => TransportFailure::Error(other.to_string()),
     }
 }
