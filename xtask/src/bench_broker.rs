@@ -25,6 +25,7 @@ const USAGE: &str = "\
 usage: cargo xtask bench broker [--peers mosquitto[,rumqttd]] [--runs N]
                                 [--quick] [--duration SECS] [--only NAME,...]
                                 [--runtime smol|std] [--sansmq PATH]
+                                [--config FILE]
 
   --peers     brokers besides sansmq (default: mosquitto)
   --runs      runs per figure; each figure is the median (default 3)
@@ -34,6 +35,8 @@ usage: cargo xtask bench broker [--peers mosquitto[,rumqttd]] [--runs N]
   --sansmq    use this sansmq binary (broker and load generator) instead
               of building one (compare two builds, or a tree that does not
               build right now)
+  --config    pass this config file to `sansmq start` (compare settings;
+              --bind/--port still come from the runner)
   --only      scenarios to run (default: all): ";
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,7 @@ struct Options {
     only: Option<Vec<String>>,
     runtime: Option<String>,
     sansmq: Option<PathBuf>,
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +271,7 @@ fn parse(args: &[String]) -> Result<Options> {
         only: None,
         runtime: None,
         sansmq: None,
+        config: None,
     };
     let mut duration = None;
     let mut runs = None;
@@ -310,6 +315,16 @@ fn parse(args: &[String]) -> Result<Options> {
             "--only" => opts.only = Some(value("--only")?.split(',').map(str::to_owned).collect()),
             "--runtime" => opts.runtime = Some(value("--runtime")?),
             "--sansmq" => opts.sansmq = Some(PathBuf::from(value("--sansmq")?)),
+            "--config" => {
+                let path = PathBuf::from(value("--config")?);
+                if !path.is_file() {
+                    return Err(err!(
+                        "bench broker: --config: no file at {}",
+                        path.display()
+                    ));
+                }
+                opts.config = Some(path);
+            }
             other => {
                 return Err(err!(
                     "bench broker: unexpected argument `{other}`\n{USAGE}{}",
@@ -454,6 +469,10 @@ fn start_broker(opts: &Options, sansmq: &Path, broker: Broker, work: &Path) -> R
             if let Some(rt) = &opts.runtime {
                 args.push("--runtime".into());
                 args.push(rt.clone());
+            }
+            if let Some(config) = &opts.config {
+                args.push("--config".into());
+                args.push(config.display().to_string());
             }
             (sansmq.to_path_buf(), args)
         }
@@ -780,7 +799,7 @@ fn render(
     let _ = writeln!(s, "# cargo xtask bench broker\n");
     let _ = writeln!(
         s,
-        "Median of {} run(s), {} s of load each, loopback, {} CPUs shared by the broker and the load generator (`sansmq bench`); 64-byte payloads; MQTT {}. Took {}.{}\n",
+        "Median of {} run(s), {} s of load each, loopback, {} CPUs shared by the broker and the load generator (`sansmq bench`); 64-byte payloads; MQTT {}. Took {}.{}{}\n",
         opts.runs,
         opts.duration,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -791,6 +810,10 @@ fn render(
         },
         util::human_duration(took),
         opts.runtime.as_ref().map(|r| format!(" sansmq runtime: {r}.")).unwrap_or_default(),
+        opts.config
+            .as_ref()
+            .map(|c| format!(" sansmq config: {}.", c.display()))
+            .unwrap_or_default(),
     );
     let mut header = String::from("| scenario | metric |");
     let mut rule = String::from("| --- | --- |");
