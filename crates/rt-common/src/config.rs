@@ -102,7 +102,9 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// smol executor threads; 0 = one per CPU core. rt-std ignores it.
+    /// smol executor threads at most; 0 = one per CPU core. One runs
+    /// always; the others join only while the core is busy. rt-std
+    /// ignores it.
     pub worker_threads: usize,
     /// How long a graceful shutdown waits for sockets to flush.
     #[serde(with = "duration")]
@@ -914,8 +916,11 @@ const DOCS: &[(&str, &str)] = &[
     ),
     (
         "runtime.worker_threads",
-        "smol executor threads; 0 = one per CPU core. Ignored with --runtime std\n\
-         (it uses a thread per connection).",
+        "smol executor threads at most; 0 = one per CPU core. One thread runs always;\n\
+         the others join while the broker is busy (a flood of messages) and park\n\
+         again after ~2 s of calm, because waking a second thread for every message\n\
+         costs more than it gains at low rates. Ignored with --runtime std (it uses\n\
+         a thread per connection).",
     ),
     (
         "runtime.shutdown_timeout",

@@ -27,13 +27,16 @@
 //! - One **bridge transport task** per bridge link: it dials TCP on the
 //!   core's `Dial` event and pumps raw bytes between the socket and the
 //!   core task (see [`server`]).
-//! - How both cores are used: the executor runs on `runtime.worker_threads`
-//!   threads (default: one per core). The core task does routing, session
-//!   bookkeeping and encoding (inside the `Broker`), serially; socket reads,
-//!   decoding and socket writes happen on connection tasks, which any worker
-//!   thread runs in parallel with the core task. Under load one thread is
-//!   mostly busy with the core task and the others with socket I/O and
-//!   decoding.
+//! - How both cores are used: the executor runs on up to
+//!   `runtime.worker_threads` threads (default: one per core). The core
+//!   task does routing, session bookkeeping and encoding (inside the
+//!   `Broker`), serially; socket reads, decoding and socket writes happen on
+//!   connection tasks, which any worker thread runs in parallel with the
+//!   core task. One thread runs always; the others join only while the core
+//!   is busy (`server::Scale`), because at low rates waking another thread
+//!   for every message costs more CPU and latency than it saves. Under load
+//!   one thread is mostly busy with the core task and the others with socket
+//!   I/O and decoding.
 //!
 //! ```no_run
 //! use rt_smol::{config::Config, Server};
