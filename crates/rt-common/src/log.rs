@@ -72,6 +72,18 @@ impl DropLog {
             }
         }
     }
+
+    /// When drops counted but not yet logged (held back by the one line per
+    /// second rule) are due: the runtime wakes by then, so the line comes
+    /// out on time even when nothing else happens.
+    pub fn next_deadline(&self, metrics: &Metrics) -> Option<Instant> {
+        DropReason::ALL
+            .into_iter()
+            .enumerate()
+            .filter(|&(i, reason)| metrics.dropped(reason) > self.logged[i])
+            .filter_map(|(i, _)| self.last_line[i].map(|t| t + Self::EVERY))
+            .min()
+    }
 }
 
 impl Default for DropLog {
@@ -263,5 +275,35 @@ pub fn broker_stopped<'a>(
             dropped = b.dropped_cache_full + b.dropped_evicted + b.dropped_unsendable,
             "bridge stopped"
         );
+    }
+}
+
+#[cfg(test)]
+mod drop_log_tests {
+    use super::*;
+
+    #[test]
+    fn held_back_drops_have_a_deadline_one_second_after_the_last_line() {
+        let t0 = Instant::now();
+        let mut m = Metrics::default();
+        let mut log = DropLog::new();
+        assert_eq!(log.next_deadline(&m), None);
+        // `Metrics::dropped(reason)` reads slot i for reason ALL[i].
+        let slot = DropReason::ALL
+            .iter()
+            .position(|r| *r == DropReason::QueueFull)
+            .expect("QueueFull is a drop reason");
+        m.messages_dropped[slot] += 1;
+        assert_eq!(m.dropped(DropReason::QueueFull), 1);
+        // First drop: logged at once, nothing held back.
+        log.log(&m, t0);
+        assert_eq!(log.next_deadline(&m), None);
+        // More within the second: held back until t0 + 1 s.
+        m.messages_dropped[slot] += 1;
+        log.log(&m, t0 + Duration::from_millis(10));
+        assert_eq!(log.next_deadline(&m), Some(t0 + DropLog::EVERY));
+        // At the deadline they are logged and nothing is pending.
+        log.log(&m, t0 + DropLog::EVERY);
+        assert_eq!(log.next_deadline(&m), None);
     }
 }

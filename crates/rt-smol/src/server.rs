@@ -450,8 +450,9 @@ impl CoreTask {
             let wake = match rx.try_recv() {
                 Ok(input) => Wake::Input(input),
                 Err(TryRecvError::Closed) => Wake::ChannelClosed,
-                // Nothing waiting: sleep until an input or the core's deadline.
-                Err(TryRecvError::Empty) => match self.node.poll_timeout() {
+                // Nothing waiting: sleep until an input, the core's deadline
+                // or the next drop log line.
+                Err(TryRecvError::Empty) => match self.next_deadline() {
                     Some(deadline) => {
                         async { rx.recv().await.map_or(Wake::ChannelClosed, Wake::Input) }
                             .or(async {
@@ -494,6 +495,15 @@ impl CoreTask {
             if self.node.poll_timeout().is_some_and(|d| d <= now) {
                 self.node.handle_timeout(now);
             }
+        }
+    }
+
+    /// The core's deadline, or earlier when drops wait to be logged.
+    fn next_deadline(&self) -> Option<Instant> {
+        let drops = self.drops.next_deadline(self.node.broker().metrics());
+        match (self.node.poll_timeout(), drops) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
