@@ -1,10 +1,12 @@
 //! A deadline queue: one deadline per key, earliest first.
 //!
-//! The broker keys it by (connection, session or global owner, [`TimerKind`]);
-//! the client and bridge state machines can key it by their own enums. Every
-//! operation is O(log n): a `BTreeSet<(Instant, K)>` orders the deadlines and
-//! a `HashMap<K, Instant>` finds a key's current deadline so that re-arming
-//! or cancelling never scans.
+//! [`TimerQueue`] is keyed by any ordered key (the broker's session and
+//! `$SYS` timers; the client and bridge state machines can key it by their
+//! own enums). Every operation is O(log n): a `BTreeSet<(Instant, K)>`
+//! orders the deadlines and a `HashMap<K, Instant>` finds a key's current
+//! deadline so that re-arming or cancelling never scans. [`TimerSet`] is
+//! the same order without the `HashMap`, for owners that keep their own
+//! deadlines (the broker's connection timers, one per idle connection).
 //!
 //! There is no periodic tick anywhere: [`TimerQueue::next`] is what a state
 //! machine's `poll_timeout()` returns, and [`TimerQueue::pop_expired`] hands
@@ -143,5 +145,77 @@ impl<K: Ord + Hash + Clone> TimerQueue<K> {
 
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+}
+
+/// Deadlines ordered like a [`TimerQueue`]'s (deadline, then key), without
+/// its index: the owner of each key keeps that key's deadline in a slot
+/// (`Option<Instant>`) and hands the slot in, so an armed timer costs one
+/// ordered entry and no hash-table entry. The broker keys its connection
+/// timers this way: thousands of idle connections each hold one.
+///
+/// A slot must only ever be used with one key. [`TimerSet::pop_expired`]
+/// cannot reach the slot: the caller clears it (a stale slot is harmless,
+/// since `set` and `cancel` never rely on the entry being there).
+#[derive(Debug, Clone)]
+pub struct TimerSet<K> {
+    by_deadline: BTreeSet<(Instant, K)>,
+}
+
+impl<K> Default for TimerSet<K> {
+    fn default() -> Self {
+        Self {
+            by_deadline: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> TimerSet<K> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Arm `key` at `deadline`, replacing the deadline its `slot` holds.
+    pub fn set(&mut self, slot: &mut Option<Instant>, key: K, deadline: Instant) {
+        if let Some(old) = slot.replace(deadline) {
+            self.by_deadline.remove(&(old, key.clone()));
+        }
+        self.by_deadline.insert((deadline, key));
+    }
+
+    /// Disarm `key`; returns the deadline its `slot` held.
+    pub fn cancel(&mut self, slot: &mut Option<Instant>, key: K) -> Option<Instant> {
+        let old = slot.take()?;
+        self.by_deadline.remove(&(old, key));
+        Some(old)
+    }
+
+    /// The earliest deadline and its key.
+    pub fn next(&self) -> Option<(Instant, &K)> {
+        self.by_deadline.first().map(|(t, k)| (*t, k))
+    }
+
+    /// The earliest deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.by_deadline.first().map(|(t, _)| *t)
+    }
+
+    /// Remove and return the earliest timer whose deadline is `<= now`;
+    /// the caller clears its slot.
+    pub fn pop_expired(&mut self, now: Instant) -> Option<(Instant, K)> {
+        let (deadline, _) = self.by_deadline.first()?;
+        if *deadline > now {
+            return None;
+        }
+        self.by_deadline.pop_first()
+    }
+
+    /// Number of armed timers.
+    pub fn len(&self) -> usize {
+        self.by_deadline.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_deadline.is_empty()
     }
 }

@@ -56,6 +56,7 @@
 mod config;
 mod metrics;
 mod session;
+mod timers;
 mod types;
 
 pub use config::BrokerConfig;
@@ -69,6 +70,7 @@ pub use types::{
     StorageEvent, TimeoutReason, TimerOwner, Transmit, RESERVED_CLIENT_ID_PREFIXES,
 };
 
+use core::net::SocketAddr;
 use std::cell::Cell;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -86,9 +88,10 @@ use crate::codec::{
     PacketType, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, RetainHandling,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
-use crate::timer::{TimerKind, TimerQueue};
+use crate::timer::TimerKind;
 use crate::topic::{self, ParsedFilter, SubscriptionTrie};
 
+use timers::{BrokerTimers, ConnDeadlines, ConnTimer, Due};
 use types::qos_min;
 
 /// Deterministic hashing (SipHash with fixed keys): iteration order depends
@@ -96,8 +99,6 @@ use types::qos_min;
 /// client ids and connection ids; the trie keeps its flood-resistant hasher.
 type DetHasher = BuildHasherDefault<DefaultHasher>;
 type DetMap<K, V> = HashMap<K, V, DetHasher>;
-
-type TimerKey = (TimerOwner, TimerKind);
 
 /// Spare capacity of a connection's output buffer worth keeping after a
 /// transmit; less is released.
@@ -111,36 +112,47 @@ enum ConnState {
 }
 
 /// Per-connection state that dies with the socket.
+///
+/// Kept small: an idle connection costs this box (its size is pinned by
+/// `size_tests`). The listener name of its [`ConnectionInfo`] is not kept
+/// (the broker never reads it), the peer only until CONNECT (for
+/// `ClientConnected`), the keep alive limit is recomputed from `keep_alive`
+/// when its timer fires, and the timer deadlines live here rather than in
+/// a hash table.
 #[derive(Debug)]
 struct Connection {
     id: ConnectionId,
-    info: ConnectionInfo,
-    state: ConnState,
-    version: ProtocolVersion,
+    /// From [`ConnectionInfo::peer`], until CONNECT. Boxed: 8 bytes
+    /// instead of 32 in every idle connection.
+    peer: Option<Box<SocketAddr>>,
+    /// The armed connect timeout, keep alive and retry timers.
+    deadlines: ConnDeadlines,
     client_id: ByteString,
-    /// Keep alive in force, seconds; 0 = off.
-    keep_alive: u16,
-    /// keep_alive x multiplier.
-    keep_alive_limit: Option<Duration>,
+    /// Encoded packets not yet handed to `poll_transmit`.
+    out: BytesMut,
     last_packet: Instant,
-    /// min(max_inflight, client's Receive Maximum).
-    send_window: usize,
-    /// The client's Maximum Packet Size (5.0), else unlimited.
-    client_max_packet_size: u32,
+    /// Bytes handed out by `poll_transmit` not yet reported by `handle_written`.
+    unwritten: usize,
     /// Topic aliases in both directions (5.0); allocated by the first one,
     /// so connections without aliases pay a pointer.
     aliases: Option<Box<TopicAliases>>,
-    alias_out_max: u16,
     /// Boxed: most connections have none, and a `Will` is ~0.5 KiB.
     will: Option<Box<Will>>,
+    /// The client's Maximum Packet Size (5.0), else unlimited.
+    client_max_packet_size: u32,
     /// Session Expiry Interval given in CONNECT (5.0 DISCONNECT may not
     /// raise it from 0, MQTT-3.14.2-?).
     connect_session_expiry: u32,
-    /// Encoded packets not yet handed to `poll_transmit`.
-    out: BytesMut,
+    /// Keep alive in force, seconds; 0 = off.
+    keep_alive: u16,
+    /// min(max_inflight, client's Receive Maximum).
+    send_window: u16,
+    alias_out_max: u16,
+    state: ConnState,
+    version: ProtocolVersion,
+    /// From [`ConnectionInfo::internal`].
+    internal: bool,
     in_ready: bool,
-    /// Bytes handed out by `poll_transmit` not yet reported by `handle_written`.
-    unwritten: usize,
 }
 
 /// A connection's topic aliases (5.0 3.3.2.3.4). Topics are stored in
@@ -207,7 +219,7 @@ pub struct Broker {
     sessions: DetMap<ByteString, Box<Session>>,
     trie: SubscriptionTrie<SubKey, SubValue>,
     retained: BTreeMap<ByteString, Arc<Message>>,
-    timers: TimerQueue<TimerKey>,
+    timers: BrokerTimers,
     /// Connections with bytes in `out`, in the order they got them.
     ready: VecDeque<ConnectionId>,
     /// Last bytes of connections already closed.
@@ -249,7 +261,7 @@ impl Broker {
             sessions: DetMap::default(),
             trie: SubscriptionTrie::new(),
             retained: BTreeMap::new(),
-            timers: TimerQueue::new(),
+            timers: BrokerTimers::default(),
             ready: VecDeque::new(),
             final_transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -262,8 +274,7 @@ impl Broker {
             config,
         };
         if let Some(iv) = b.config.sys_interval {
-            b.timers
-                .set((TimerOwner::Broker, TimerKind::SysInterval), now + iv);
+            b.timers.set_broker(TimerKind::SysInterval, now + iv);
         }
         b
     }
@@ -311,29 +322,34 @@ impl Broker {
             conn,
             Box::new(Connection {
                 id: conn,
-                info,
+                peer: info.peer.map(Box::new),
+                deadlines: ConnDeadlines::default(),
+                client_id: ByteString::new(),
+                out: BytesMut::new(),
+                last_packet: now,
+                unwritten: 0,
+                aliases: None,
+                will: None,
+                client_max_packet_size: u32::MAX,
+                connect_session_expiry: 0,
+                keep_alive: 0,
+                send_window: self.config.max_inflight,
+                alias_out_max: 0,
                 state: ConnState::AwaitingConnect,
                 version: ProtocolVersion::V3_1_1,
-                client_id: ByteString::new(),
-                keep_alive: 0,
-                keep_alive_limit: None,
-                last_packet: now,
-                send_window: usize::from(self.config.max_inflight),
-                client_max_packet_size: u32::MAX,
-                aliases: None,
-                alias_out_max: 0,
-                will: None,
-                connect_session_expiry: 0,
-                out: BytesMut::new(),
+                internal: info.internal,
                 in_ready: false,
-                unwritten: 0,
             }),
         );
         self.metrics.connections += 1;
-        self.timers.set(
-            (TimerOwner::Connection(conn), TimerKind::ConnectTimeout),
-            now + self.config.connect_timeout,
-        );
+        if let Some(c) = self.connections.get_mut(&conn) {
+            self.timers.set_conn(
+                conn,
+                &mut c.deadlines,
+                ConnTimer::ConnectTimeout,
+                now + self.config.connect_timeout,
+            );
+        }
     }
 
     /// Bytes arrived. Decodes every complete packet at the front of `buf`
@@ -396,16 +412,20 @@ impl Broker {
 
     /// Fire every timer whose deadline is `<= now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((deadline, (owner, kind))) = self.timers.pop_expired(now) {
-            match owner {
-                TimerOwner::Connection(conn) => self.on_connection_timer(conn, kind, deadline, now),
-                TimerOwner::Session(client_id) => self.on_session_timer(&client_id, kind, now),
-                TimerOwner::Broker => {
+        while let Some((deadline, due)) = self.timers.pop_expired(now) {
+            match due {
+                Due::Connection(conn, kind) => {
+                    if let Some(c) = self.connections.get_mut(&conn) {
+                        BrokerTimers::fired_conn(&mut c.deadlines, kind);
+                    }
+                    self.on_connection_timer(conn, kind, deadline, now);
+                }
+                Due::Session(client_id, kind) => self.on_session_timer(&client_id, kind, now),
+                Due::Broker(kind) => {
                     if kind == TimerKind::SysInterval {
                         self.publish_sys_stats(now);
                         if let Some(iv) = self.config.sys_interval {
-                            self.timers
-                                .set((TimerOwner::Broker, TimerKind::SysInterval), now + iv);
+                            self.timers.set_broker(TimerKind::SysInterval, now + iv);
                         }
                     }
                 }
@@ -422,8 +442,7 @@ impl Broker {
         for id in ids {
             self.close_connection(id, DisconnectReason::ServerShuttingDown, now, false);
         }
-        self.timers
-            .cancel(&(TimerOwner::Broker, TimerKind::SysInterval));
+        self.timers.cancel_broker(TimerKind::SysInterval);
     }
 
     /// Publish a message as the broker itself (an embedded host, a bridge
@@ -484,10 +503,10 @@ impl Broker {
     pub fn last_timeout_reason(&self) -> Option<TimeoutReason> {
         self.timers
             .next()
-            .map(|(deadline, (owner, kind))| TimeoutReason {
+            .map(|(deadline, owner, kind)| TimeoutReason {
                 deadline,
-                owner: owner.clone(),
-                kind: *kind,
+                owner,
+                kind,
             })
     }
 
@@ -551,20 +570,21 @@ impl Broker {
                 self.trie_add(&client_id, filter, *sub);
             }
             self.metrics.subscriptions += s.subscriptions.len() as u64;
-            let owner = TimerOwner::Session(client_id.clone());
             if let Some(w) = &s.pending_will {
                 self.timers
-                    .set((owner.clone(), TimerKind::WillDelay), w.publish_at);
+                    .set_session(client_id.clone(), TimerKind::WillDelay, w.publish_at);
             }
             if s.session_expiry_interval != u32::MAX {
-                self.timers.set(
-                    (owner.clone(), TimerKind::SessionExpiry),
+                self.timers.set_session(
+                    client_id.clone(),
+                    TimerKind::SessionExpiry,
                     disconnected_at + secs(s.session_expiry_interval),
                 );
             }
             if let Some(oldest) = s.awaiting_rel.values().min() {
-                self.timers.set(
-                    (owner, TimerKind::AwaitRel),
+                self.timers.set_session(
+                    client_id.clone(),
+                    TimerKind::AwaitRel,
                     *oldest + self.config.await_rel_timeout,
                 );
             }
@@ -793,7 +813,7 @@ impl Broker {
                     now,
                 );
             }
-            if !c.info.internal
+            if !c.internal
                 && RESERVED_CLIENT_ID_PREFIXES
                     .iter()
                     .any(|p| connect.client_id.starts_with(p))
@@ -865,10 +885,7 @@ impl Broker {
             keep_alive = cfg.max_keepalive;
             server_keep_alive = Some(keep_alive);
         }
-        let keep_alive_limit = (keep_alive > 0).then(|| {
-            Duration::try_from_secs_f64(f64::from(keep_alive) * cfg.keepalive_multiplier)
-                .unwrap_or(Duration::from_secs(u64::from(keep_alive)))
-        });
+        let keep_alive_limit = keep_alive_limit(keep_alive, cfg.keepalive_multiplier);
 
         if !self.sessions.contains_key(&client_id) && self.sessions.len() >= cfg.max_sessions {
             return self.refuse_connect(
@@ -914,9 +931,9 @@ impl Broker {
         // MQTT-3.1.3-9 (5.0): a new connection before the will delay elapses
         // means the pending will is not sent.
         session.state.pending_will = None;
-        let owner = TimerOwner::Session(client_id.clone());
-        self.timers.cancel(&(owner.clone(), TimerKind::WillDelay));
-        self.timers.cancel(&(owner, TimerKind::SessionExpiry));
+        self.timers.cancel_session(&client_id, TimerKind::WillDelay);
+        self.timers
+            .cancel_session(&client_id, TimerKind::SessionExpiry);
 
         let cfg = &self.config;
         let Some(c) = self.connections.get_mut(&conn) else {
@@ -925,14 +942,13 @@ impl Broker {
         c.state = ConnState::Connected;
         c.client_id = client_id.clone();
         c.keep_alive = keep_alive;
-        c.keep_alive_limit = keep_alive_limit;
         c.last_packet = now;
         c.connect_session_expiry = session_expiry;
         c.will = connect.will.map(|w| Box::new(unshare_will(w)));
         if version.is_v5() {
             // MQTT-3.3.4-9: never more unacknowledged QoS 1/2 than the client's Receive Maximum.
             let rm = props.receive_maximum.unwrap_or(u16::MAX);
-            c.send_window = usize::from(cfg.max_inflight.min(rm));
+            c.send_window = cfg.max_inflight.min(rm);
             c.client_max_packet_size = props.maximum_packet_size.unwrap_or(u32::MAX);
             c.alias_out_max = props
                 .topic_alias_maximum
@@ -940,12 +956,10 @@ impl Broker {
                 .min(cfg.outbound_topic_alias_maximum);
         }
         self.timers
-            .cancel(&(TimerOwner::Connection(conn), TimerKind::ConnectTimeout));
+            .cancel_conn(conn, &mut c.deadlines, ConnTimer::ConnectTimeout);
         if let Some(limit) = keep_alive_limit {
-            self.timers.set(
-                (TimerOwner::Connection(conn), TimerKind::KeepAlive),
-                now + limit,
-            );
+            self.timers
+                .set_conn(conn, &mut c.deadlines, ConnTimer::KeepAlive, now + limit);
         }
 
         let mut properties = Properties::default();
@@ -981,7 +995,7 @@ impl Broker {
                 properties.shared_subscription_available = Some(false);
             }
         }
-        let peer = c.info.peer;
+        let peer = c.peer.take().map(|p| *p);
         self.send(
             conn,
             &Packet::ConnAck(ConnAck {
@@ -1129,12 +1143,12 @@ impl Broker {
         }
         self.metrics.connections = self.metrics.connections.saturating_sub(1);
         self.metrics.connections_closed += 1;
-        for kind in [
-            TimerKind::ConnectTimeout,
-            TimerKind::KeepAlive,
-            TimerKind::Retry,
+        for t in [
+            ConnTimer::ConnectTimeout,
+            ConnTimer::KeepAlive,
+            ConnTimer::Retry,
         ] {
-            self.timers.cancel(&(TimerOwner::Connection(conn), kind));
+            self.timers.cancel_conn(conn, &mut c.deadlines, t);
         }
         if !transport_gone && !c.out.is_empty() {
             self.final_transmits.push_back(Transmit {
@@ -1194,7 +1208,6 @@ impl Broker {
         s.conn = None;
         s.state.disconnected_at = Some(now);
         let expiry = s.state.session_expiry_interval;
-        let owner = TimerOwner::Session(client_id.clone());
         let mut publish_now = None;
         if let Some(w) = will {
             let delay = w.properties.will_delay_interval.unwrap_or(0);
@@ -1213,15 +1226,18 @@ impl Broker {
                     publish_at,
                 }));
                 self.timers
-                    .set((owner.clone(), TimerKind::WillDelay), publish_at);
+                    .set_session(client_id.clone(), TimerKind::WillDelay, publish_at);
             }
         }
         if expiry == 0 {
             self.end_session(client_id, true);
         } else {
             if expiry != u32::MAX {
-                self.timers
-                    .set((owner, TimerKind::SessionExpiry), now + secs(expiry));
+                self.timers.set_session(
+                    client_id.clone(),
+                    TimerKind::SessionExpiry,
+                    now + secs(expiry),
+                );
             }
             self.storage(StorageEvent::SessionChanged {
                 client_id: client_id.clone(),
@@ -1269,13 +1285,12 @@ impl Broker {
                 self.metrics.drop(DropReason::SessionEnded);
             }
         }
-        let owner = TimerOwner::Session(s.state.client_id.clone());
         for kind in [
             TimerKind::WillDelay,
             TimerKind::SessionExpiry,
             TimerKind::AwaitRel,
         ] {
-            self.timers.cancel(&(owner.clone(), kind));
+            self.timers.cancel_session(&s.state.client_id, kind);
         }
         self.storage(StorageEvent::SessionRemoved {
             client_id: s.state.client_id,
@@ -1303,7 +1318,8 @@ impl Broker {
                 self.close_connection(conn, reason, now, false);
             }
             TimerKind::KeepAlive => {
-                let Some(limit) = c.keep_alive_limit else {
+                let Some(limit) = keep_alive_limit(c.keep_alive, self.config.keepalive_multiplier)
+                else {
                     return;
                 };
                 if self.paused.contains_key(&conn) {
@@ -1311,11 +1327,13 @@ impl Broker {
                     // alive runs again from now.
                     if let Some(c) = self.connections.get_mut(&conn) {
                         c.last_packet = now;
+                        self.timers.set_conn(
+                            conn,
+                            &mut c.deadlines,
+                            ConnTimer::KeepAlive,
+                            now + limit,
+                        );
                     }
-                    self.timers.set(
-                        (TimerOwner::Connection(conn), TimerKind::KeepAlive),
-                        now + limit,
-                    );
                     return;
                 }
                 // The timer is armed lazily (packets only move `last_packet`),
@@ -1334,10 +1352,14 @@ impl Broker {
                     self.close_connection(conn, reason, now, false);
                 } else {
                     let _ = deadline;
-                    self.timers.set(
-                        (TimerOwner::Connection(conn), TimerKind::KeepAlive),
-                        true_deadline,
-                    );
+                    if let Some(c) = self.connections.get_mut(&conn) {
+                        self.timers.set_conn(
+                            conn,
+                            &mut c.deadlines,
+                            ConnTimer::KeepAlive,
+                            true_deadline,
+                        );
+                    }
                 }
             }
             TimerKind::Retry => {
@@ -1393,8 +1415,9 @@ impl Broker {
                     self.metrics.drop(DropReason::AwaitRelTimeout);
                 }
                 if let Some(oldest) = s.state.awaiting_rel.values().min() {
-                    self.timers.set(
-                        (TimerOwner::Session(client_id.clone()), TimerKind::AwaitRel),
+                    self.timers.set_session(
+                        client_id.clone(),
+                        TimerKind::AwaitRel,
                         *oldest + timeout,
                     );
                 }
@@ -1492,7 +1515,8 @@ impl Broker {
             let Some(front) = s.state.queue.front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && s.state.inflight.len() >= c.send_window {
+            if front.qos != QoS::AtMostOnce && s.state.inflight.len() >= usize::from(c.send_window)
+            {
                 break;
             }
             let Some(d) = s.state.queue.pop_front() else {
@@ -1641,7 +1665,7 @@ impl Broker {
                     );
                 } else if !congested
                     && s.state.queue.is_empty()
-                    && s.state.inflight.len() < c.send_window
+                    && s.state.inflight.len() < usize::from(c.send_window)
                 {
                     start_delivery(c, &mut s.state, d, now, &mut self.metrics, &mut self.ready);
                     arm_retry(&mut self.timers, cfg, c, &s.state);
@@ -1775,8 +1799,9 @@ impl Broker {
                 );
             }
             if s.state.awaiting_rel.is_empty() {
-                self.timers.set(
-                    (TimerOwner::Session(client_id.clone()), TimerKind::AwaitRel),
+                self.timers.set_session(
+                    client_id.clone(),
+                    TimerKind::AwaitRel,
                     now + self.config.await_rel_timeout,
                 );
             }
@@ -1837,8 +1862,7 @@ impl Broker {
         if known {
             if let Some(s) = self.sessions.get(&client_id) {
                 if s.state.awaiting_rel.is_empty() {
-                    self.timers
-                        .cancel(&(TimerOwner::Session(client_id.clone()), TimerKind::AwaitRel));
+                    self.timers.cancel_session(&client_id, TimerKind::AwaitRel);
                 }
             }
             self.storage(StorageEvent::SessionChanged { client_id });
@@ -1879,8 +1903,10 @@ impl Broker {
         }
         s.state.inflight.remove(i);
         if s.state.inflight.is_empty() {
-            self.timers
-                .cancel(&(TimerOwner::Connection(conn), TimerKind::Retry));
+            if let Some(c) = self.connections.get_mut(&conn) {
+                self.timers
+                    .cancel_conn(conn, &mut c.deadlines, ConnTimer::Retry);
+            }
         }
         self.storage(StorageEvent::SessionChanged {
             client_id: client_id.clone(),
@@ -2593,13 +2619,7 @@ fn enqueue(
 
 /// 3.x only, with `retry_interval`: keep one Retry timer per connection at
 /// the oldest inflight message's resend time.
-fn arm_retry(
-    timers: &mut TimerQueue<TimerKey>,
-    cfg: &BrokerConfig,
-    c: &Connection,
-    s: &SessionState,
-) {
-    let key = (TimerOwner::Connection(c.id), TimerKind::Retry);
+fn arm_retry(timers: &mut BrokerTimers, cfg: &BrokerConfig, c: &mut Connection, s: &SessionState) {
     let Some(interval) = cfg.retry_interval else {
         return;
     };
@@ -2608,11 +2628,19 @@ fn arm_retry(
         return;
     }
     match s.inflight.iter().map(|m| m.sent_at).min() {
-        Some(oldest) => timers.set(key, oldest + interval),
-        None => {
-            timers.cancel(&key);
+        Some(oldest) => {
+            timers.set_conn(c.id, &mut c.deadlines, ConnTimer::Retry, oldest + interval);
         }
+        None => timers.cancel_conn(c.id, &mut c.deadlines, ConnTimer::Retry),
     }
+}
+
+/// keep_alive x multiplier; `None` when keep alive is off.
+fn keep_alive_limit(keep_alive: u16, multiplier: f64) -> Option<Duration> {
+    (keep_alive > 0).then(|| {
+        Duration::try_from_secs_f64(f64::from(keep_alive) * multiplier)
+            .unwrap_or(Duration::from_secs(u64::from(keep_alive)))
+    })
 }
 
 /// One member of a share group: connected members first, then any (its
@@ -2647,3 +2675,6 @@ fn pick_member<'a>(
         .filter(|(id, _)| !only_online || online(id))
         .nth(k)
 }
+
+#[cfg(test)]
+mod size_tests;
