@@ -62,6 +62,14 @@
 //! server side never hands 0-RTT data to MQTT before the handshake is
 //! complete (it is replayable): `Accepted` waits for the handshake.
 //!
+//! ## Read pause (publisher flow control)
+//! [`QuicEndpoint::set_read_paused`] stops reading one connection's MQTT
+//! stream, as a TCP runtime stops reading a socket: received bytes wait in
+//! quinn, no receive-window credit goes back, and the peer's writes block
+//! by QUIC flow control once it used the window it had (at most the
+//! stream receive window is held). Resuming reports what waited as `Data`
+//! at once. Timers, writes, close and reset keep working while paused.
+//!
 //! ## `quic_qos_priority`
 //! Not a stream-level mechanism here: with one stream there is nothing to
 //! prioritise between, and the MQTT client FSM already queues control
@@ -360,6 +368,9 @@ struct Conn {
     fin_sent: bool,
     /// A close decided without a `now` (in `write`), done by `process`.
     close_pending: bool,
+    /// [`QuicEndpoint::set_read_paused`]: the stream is not read (so its
+    /// receive windows are not extended and the peer's sends block).
+    read_paused: bool,
     /// Whether the runtime knows this connection (a `Closed` is owed).
     announced: bool,
     closed_reported: bool,
@@ -692,6 +703,39 @@ impl QuicEndpoint {
         self.process(conn, now);
     }
 
+    /// Flow control of one connection's input: while `paused`, its MQTT
+    /// stream is not read, so no `Data` is reported and quinn stops
+    /// extending the stream's and the connection's receive windows: the
+    /// peer's sends block by QUIC flow control once the window it has is
+    /// used. Received bytes wait in quinn (at most the stream receive
+    /// window). Resuming reads what waited at once (`Data` events follow)
+    /// and returns the credit to the peer. Timers, keep-alive, writes,
+    /// `close`, `finish` and `reset` are unaffected; a reset by the peer is
+    /// still reported at once (it discards the data). If the peer closes
+    /// the connection (or it times out) while paused, what waited is
+    /// reported as `Data` before `Closed`. Unknown connections are ignored;
+    /// pausing before `Accepted`/`Connected` holds the first bytes back
+    /// too.
+    pub fn set_read_paused(&mut self, now: Instant, conn: QuicConnId, paused: bool) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.read_paused == paused {
+            return;
+        }
+        c.read_paused = paused;
+        if !paused && c.phase == Phase::Open {
+            read_stream(c, &mut self.events, conn, now);
+        }
+        // Resuming may owe the peer MAX_STREAM_DATA / MAX_DATA.
+        self.process(conn, now);
+    }
+
+    /// Whether [`Self::set_read_paused`] paused this connection.
+    pub fn is_read_paused(&self, conn: QuicConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.read_paused)
+    }
+
     /// Whether the server accepted this client connection's 0-RTT data.
     pub fn accepted_0rtt(&self, conn: QuicConnId) -> bool {
         self.conns
@@ -729,6 +773,7 @@ impl QuicEndpoint {
                 finish: false,
                 fin_sent: false,
                 close_pending: false,
+                read_paused: false,
                 announced: false,
                 closed_reported: false,
                 timer: None,
@@ -804,6 +849,11 @@ impl QuicEndpoint {
                     }
                 }
                 Event::ConnectionLost { reason } => {
+                    if c.phase == Phase::Open {
+                        // Bytes a pause left unread arrived before the end:
+                        // hand them over first, as TCP would before EOF.
+                        drain_stream(c, &mut self.events, id);
+                    }
                     let reason = QuicCloseReason::from_connection_error(reason);
                     report_closed(c, &mut self.events, id, reason);
                 }
@@ -938,7 +988,15 @@ fn accept_server_stream(
 fn read_stream(c: &mut Conn, events: &mut VecDeque<QuicEvent>, id: QuicConnId, now: Instant) {
     let Some(s) = c.stream else { return };
     let mut end: Option<QuicCloseReason> = None;
-    {
+    if c.read_paused {
+        // Nothing is read (no credit goes back to the peer); only a reset
+        // is taken now, which discards the stream's data anyway.
+        if let Ok(Some(code)) = c.inner.recv_stream(s).received_reset() {
+            end = Some(QuicCloseReason::StreamReset {
+                code: code.into_inner(),
+            });
+        }
+    } else {
         let mut recv = c.inner.recv_stream(s);
         let Ok(mut chunks) = recv.read(true) else {
             return;
@@ -972,6 +1030,24 @@ fn read_stream(c: &mut Conn, events: &mut VecDeque<QuicEvent>, id: QuicConnId, n
             report_closed(c, events, id, reason);
         }
     }
+}
+
+/// The connection was lost: hand over the stream bytes still buffered
+/// (left unread by a pause), ignoring the stream's end or reset (the
+/// connection's reason is what gets reported).
+fn drain_stream(c: &mut Conn, events: &mut VecDeque<QuicEvent>, id: QuicConnId) {
+    let Some(s) = c.stream else { return };
+    let mut recv = c.inner.recv_stream(s);
+    let Ok(mut chunks) = recv.read(true) else {
+        return;
+    };
+    while let Ok(Some(chunk)) = chunks.next(usize::MAX) {
+        events.push_back(QuicEvent::Data {
+            conn: id,
+            bytes: chunk.bytes,
+        });
+    }
+    let _ = chunks.finalize();
 }
 
 /// Hand quinn what it takes from `pending`; FIN after the last byte when

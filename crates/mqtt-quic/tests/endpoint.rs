@@ -489,6 +489,183 @@ fn large_transfer_respects_flow_control_and_arrives_intact() {
     assert!(max_seen_buffered > 0);
 }
 
+/// Small windows, so a paused reader blocks the peer after little data.
+fn paused_settings() -> QuicSettings {
+    QuicSettings {
+        stream_receive_window: 64 * 1024,
+        receive_window: 128 * 1024,
+        send_window: 64 * 1024,
+        keep_alive_interval: Some(Duration::from_secs(5)),
+        ..settings()
+    }
+}
+
+/// Established with [`paused_settings`] (QUIC keep-alive on, so waiting
+/// on a paused connection jumps to keep-alives, not to the idle timeout),
+/// `C` received by the server.
+fn established_with_keep_alive() -> (Net, QuicConnId, QuicConnId) {
+    let (_c, mut net) = Net::trusted(&paused_settings());
+    let (cid, sid) = net.establish(b"C");
+    net.server_gets(Duration::from_secs(10), b"C");
+    (net, cid, sid)
+}
+
+/// Data events of `id` in `events` from index `from` on.
+fn data_events_since(events: &[Seen], id: QuicConnId, from: usize) -> usize {
+    events[from..]
+        .iter()
+        .filter(|s| matches!(&s.event, QuicEvent::Data { conn, .. } if *conn == id))
+        .count()
+}
+
+#[test]
+fn a_paused_reader_blocks_the_peer_by_flow_control_then_gets_everything_in_order() {
+    let s = paused_settings();
+    let (_c, mut net) = Net::trusted(&s);
+    let (cid, sid) = net.establish(b"C");
+    net.server_gets(Duration::from_secs(10), b"C");
+    let now = net.now;
+    net.server.set_read_paused(now, sid, true);
+    assert!(net.server.is_read_paused(sid));
+    let seen_before = net.sev.len();
+
+    // Far more than the stream window (64 KiB).
+    let total = 1024 * 1024;
+    let payload: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    for chunk in payload.chunks(10_000) {
+        net.client
+            .write(cid, Bytes::copy_from_slice(chunk))
+            .expect("write");
+    }
+    // Paused for longer than the idle timeout: QUIC keep-alive still runs.
+    let until = net.now + s.idle_timeout + Duration::from_secs(10);
+    net.run_until(s.idle_timeout * 2, |n| n.now >= until);
+    assert!(net.client.is_open(cid) && net.server.is_open(sid));
+    assert!(Net::closed(&net.cev, cid).is_none() && Net::closed(&net.sev, sid).is_none());
+    // Nothing past what was read before the pause...
+    assert_eq!(data_events_since(&net.sev, sid, seen_before), 0);
+    assert_eq!(Net::data(&net.sev, sid), b"C");
+    // ...and the client is blocked: its quinn took at most what the
+    // server may buffer plus its own send window; the rest waits.
+    let taken = total - net.client.buffered(cid);
+    let bound = (s.stream_receive_window + s.send_window) as usize;
+    assert!(
+        taken <= bound,
+        "the client got {taken} bytes out (bound {bound})"
+    );
+    assert!(taken > 0, "nothing was sent at all");
+
+    // Resume: what waited comes at once, then the rest, in order.
+    let now = net.now;
+    net.server.set_read_paused(now, sid, false);
+    assert!(!net.server.is_read_paused(sid));
+    let mut first = Vec::new();
+    while let Some(ev) = net.server.poll_event() {
+        if let QuicEvent::Data { bytes, .. } = &ev {
+            first.extend_from_slice(bytes);
+        }
+        net.sev.push(Seen { at: now, event: ev });
+    }
+    assert!(
+        !first.is_empty(),
+        "the buffered bytes are reported on resume"
+    );
+    assert!(first[..] == payload[..first.len()]);
+    net.run_until(Duration::from_secs(120), |n| {
+        Net::data(&n.sev, sid).len() == total + 1
+    });
+    let got = Net::data(&net.sev, sid);
+    assert!(got[1..] == payload[..], "payload corrupted or reordered");
+    assert_eq!(net.client.buffered(cid), 0);
+}
+
+#[test]
+fn pausing_twice_or_resuming_an_unpaused_connection_changes_nothing() {
+    let (mut net, cid, sid) = established_with_keep_alive();
+    let now = net.now;
+    net.server.set_read_paused(now, sid, false);
+    net.server.set_read_paused(now, sid, true);
+    net.server.set_read_paused(now, sid, true);
+    net.client
+        .write(cid, Bytes::from_static(b"-more"))
+        .expect("write");
+    let until = net.now + Duration::from_secs(1);
+    net.run_until(Duration::from_secs(10), |n| n.now >= until);
+    assert_eq!(Net::data(&net.sev, sid), b"C");
+    let now = net.now;
+    net.server.set_read_paused(now, sid, false);
+    net.server_gets(Duration::from_secs(10), b"C-more");
+    // Unknown connections are ignored.
+    net.server.set_read_paused(now, QuicConnId(999), true);
+    assert!(!net.server.is_read_paused(QuicConnId(999)));
+}
+
+#[test]
+fn a_reset_is_reported_while_paused() {
+    let (mut net, cid, sid) = established_with_keep_alive();
+    let now = net.now;
+    net.server.set_read_paused(now, sid, true);
+    net.client
+        .write(cid, Bytes::from_static(b"unread"))
+        .expect("write");
+    let until = net.now + Duration::from_secs(1);
+    net.run_until(Duration::from_secs(10), |n| n.now >= until);
+    let now = net.now;
+    net.client.reset(now, cid, 9);
+    let (_, reason) = net.server_closes(Duration::from_secs(10), sid);
+    assert_eq!(reason, QuicCloseReason::StreamReset { code: 9 });
+    // A reset discards the stream's data.
+    assert_eq!(Net::data(&net.sev, sid), b"C");
+    net.drain();
+}
+
+#[test]
+fn a_paused_connection_closed_by_the_peer_hands_over_what_waited_first() {
+    let (mut net, cid, sid) = established_with_keep_alive();
+    let now = net.now;
+    net.server.set_read_paused(now, sid, true);
+    net.client
+        .write(cid, Bytes::from_static(b"-DISCONNECT"))
+        .expect("write");
+    // The client finishes: once its FIN is acknowledged (not read) it
+    // closes the connection.
+    net.client.finish(now, cid);
+    let (_, reason) = net.server_closes(Duration::from_secs(10), sid);
+    assert!(
+        matches!(reason, QuicCloseReason::PeerClosed { code: 0, .. }),
+        "{reason:?}"
+    );
+    assert_eq!(Net::data(&net.sev, sid), b"C-DISCONNECT");
+    // Data first, then Closed.
+    let last = net
+        .sev
+        .iter()
+        .rposition(|s| matches!(s.event, QuicEvent::Data { .. }));
+    let closed = net
+        .sev
+        .iter()
+        .position(|s| matches!(s.event, QuicEvent::Closed { .. }));
+    assert!(last < closed);
+    net.drain();
+}
+
+#[test]
+fn a_local_close_works_while_paused() {
+    let (mut net, cid, sid) = established_with_keep_alive();
+    let now = net.now;
+    net.server.set_read_paused(now, sid, true);
+    net.server.close(now, sid, 3, "bye");
+    let (_, reason) = net.client_closes(Duration::from_secs(10), cid);
+    assert_eq!(
+        reason,
+        QuicCloseReason::PeerClosed {
+            code: 3,
+            reason: "bye".into()
+        }
+    );
+    net.drain();
+}
+
 /// The client connects to a server with `server_cert`, trusting `trust`,
 /// and the handshake fails with a TLS reason.
 fn tls_failure(server_cert: &Cert, trust: ServerTrust) -> Net {

@@ -80,6 +80,11 @@ struct WriteState {
     waker: Option<Waker>,
     /// The read half, parked while reading is paused (flow control).
     read_waker: Option<Waker>,
+    /// A QUIC connection's forwarding task, parked until the core pauses
+    /// or resumes reading (its listener task does the reading).
+    gate_waker: Option<Waker>,
+    /// `set_read_paused` was called since `read_gate_changed` last returned.
+    gate_changed: bool,
 }
 
 /// A connection's write queue, shared by the core task (which pushes) and
@@ -174,17 +179,49 @@ impl WriteQueue {
         .await;
     }
 
+    /// Whether the core paused reading (flow control).
+    pub(crate) fn is_read_paused(&self) -> bool {
+        self.read_paused.load(Ordering::Acquire)
+    }
+
+    /// Wait until the core paused or resumed reading since the last call
+    /// (every call of the core counts, even one that changed nothing);
+    /// returns whether reading is paused now. For connections whose
+    /// reading is done elsewhere (QUIC: the listener task).
+    pub(crate) async fn read_gate_changed(&self) -> bool {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if std::mem::take(&mut s.gate_changed) {
+                return Poll::Ready(self.read_paused.load(Ordering::Acquire));
+            }
+            if !s
+                .gate_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                s.gate_waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
     fn set_read_paused(&self, paused: bool) {
-        let waker = {
+        let (waker, gate) = {
             let mut s = self.lock();
             self.read_paused.store(paused, Ordering::Release);
+            s.gate_changed = true;
+            let gate = s.gate_waker.take();
             if paused {
-                None
+                (None, gate)
             } else {
-                s.read_waker.take()
+                (s.read_waker.take(), gate)
             }
         };
         if let Some(w) = waker {
+            w.wake();
+        }
+        if let Some(w) = gate {
             w.wake();
         }
     }
@@ -244,7 +281,8 @@ impl WriteHandle {
     }
 
     /// Flow control: stop (`true`) or resume (`false`) reading the
-    /// connection's transport. Only TCP connections' read halves honour it.
+    /// connection's transport (a TCP read half checks it before every
+    /// read; a QUIC connection's forwarding task tells its listener).
     pub(crate) fn set_read_paused(&self, paused: bool) {
         self.0.set_read_paused(paused);
     }
@@ -673,6 +711,25 @@ mod tests {
             Ok(VecDeque::from([Bytes::from_static(b"late")]))
         );
         drop(pusher.join());
+    }
+
+    #[test]
+    fn every_read_gate_call_wakes_a_gate_watcher() {
+        let q = WriteQueue::new();
+        let h = WriteHandle::new(q.clone());
+        assert!(!q.is_read_paused());
+        let mut watch = Box::pin(q.read_gate_changed());
+        assert!(future::block_on(future::poll_once(&mut watch)).is_none());
+        h.set_read_paused(true);
+        assert!(future::block_on(watch));
+        assert!(q.is_read_paused());
+        // A pause and a resume before the watcher looks: it still wakes
+        // (its listener may have paused on the flag in between).
+        h.set_read_paused(true);
+        h.set_read_paused(false);
+        assert!(!future::block_on(q.read_gate_changed()));
+        let mut watch = Box::pin(q.read_gate_changed());
+        assert!(future::block_on(future::poll_once(&mut watch)).is_none());
     }
 
     #[test]

@@ -17,6 +17,16 @@
 //!   forwarding task per connection moves it to the endpoint task).
 //!   `Written` is reported once quinn took the bytes (flow control), so the
 //!   core's congestion accounting holds for QUIC too.
+//! - **Publisher flow control**: the core's `PauseReading` /
+//!   `ResumeReading` set the connection's read gate on its write queue
+//!   (as for TCP). The forwarding task sees the change and tells the
+//!   listener task (`Cmd::ReadGate`), which pauses or resumes the
+//!   connection's stream in the endpoint (quinn stops extending its receive
+//!   windows, so QUIC flow control blocks the publisher). The listener also
+//!   checks the gate before every input it sends the core, so what it had
+//!   already read when the pause came waits in the runtime (decoded) rather
+//!   than in the core; it goes on on resume. Only a connection that ends
+//!   while paused hands what waited to the core at once, before `Closed`.
 //! - **Bridges** (`transports = ["quic", ...]`): each dial gets its own
 //!   endpoint and UDP socket, *connected* to the remote so an ICMP "port
 //!   unreachable" surfaces as a refusal at once (hybrid fallback needs no
@@ -109,6 +119,8 @@ enum Cmd {
     Close(QuicConnId),
     /// The core forgot the connection (or aborted it): close now.
     Forget(QuicConnId),
+    /// The core paused or resumed reading it: look at its read gate.
+    ReadGate(QuicConnId),
 }
 
 /// The runtime's side of one accepted QUIC connection.
@@ -123,6 +135,12 @@ struct Accepted {
     reported: usize,
     /// The core closed or forgot it: it wants no `Closed` input.
     core_done: bool,
+    /// Its write queue, for the read gate (the core's flow control).
+    queue: Arc<WriteQueue>,
+    /// Inputs framed but not sent: the core paused reading.
+    held: VecDeque<Input>,
+    /// What the endpoint was told (`set_read_paused`).
+    ep_paused: bool,
 }
 
 /// Send one transmit (GSO batches one datagram at a time).
@@ -170,6 +188,8 @@ pub(crate) async fn listener_task(
     let (cmd_tx, cmd_rx) = async_channel::unbounded::<Cmd>();
     let mut conns: HashMap<QuicConnId, Accepted> = HashMap::new();
     let mut unreported: BTreeSet<QuicConnId> = BTreeSet::new();
+    // Connections the core let read again: send what they hold.
+    let mut resumed: Vec<QuicConnId> = Vec::new();
     let mut rbuf = vec![0u8; MAX_DATAGRAM];
     let mut stopping = false;
     let _alive = alive;
@@ -178,6 +198,14 @@ pub(crate) async fn listener_task(
         // Outputs until nothing moves.
         loop {
             let mut moved = false;
+            for qid in std::mem::take(&mut resumed) {
+                if let Some(a) = conns.get_mut(&qid) {
+                    moved = true;
+                    if !deliver(a, &to_core, false).await {
+                        return;
+                    }
+                }
+            }
             while let Some(d) = ep.poll_transmit(now) {
                 moved = true;
                 let _ = send_datagram(&socket, &d, false).await;
@@ -198,7 +226,8 @@ pub(crate) async fn listener_task(
                             listener: name.clone(),
                             internal: false,
                         };
-                        ex.spawn(forward(queue, qid, cmd_tx.clone())).detach();
+                        ex.spawn(forward(queue.clone(), qid, cmd_tx.clone()))
+                            .detach();
                         conns.insert(
                             qid,
                             Accepted {
@@ -209,6 +238,9 @@ pub(crate) async fn listener_task(
                                 handed: 0,
                                 reported: 0,
                                 core_done: false,
+                                queue,
+                                held: VecDeque::new(),
+                                ep_paused: false,
                             },
                         );
                         debug!(listener = %name, %conn, %remote, "QUIC connection accepted");
@@ -228,15 +260,23 @@ pub(crate) async fn listener_task(
                             continue;
                         }
                         a.buf.extend_from_slice(&bytes);
-                        for input in frame(a) {
-                            if to_core.send(input).await.is_err() {
-                                return;
-                            }
+                        frame(a);
+                        if !deliver(a, &to_core, false).await {
+                            return;
+                        }
+                        // Paused (maybe while this task waited on the core):
+                        // stop reading now, before the command comes.
+                        if a.queue.is_read_paused() {
+                            set_ep_paused(&mut ep, a, qid, true, now);
                         }
                     }
                     QuicEvent::Closed { conn: qid, reason } => {
                         unreported.remove(&qid);
-                        if let Some(a) = conns.remove(&qid) {
+                        if let Some(mut a) = conns.remove(&qid) {
+                            // What a pause held back comes before the end.
+                            if !deliver(&mut a, &to_core, true).await {
+                                return;
+                            }
                             if !a.core_done {
                                 let error = match reason {
                                     QuicCloseReason::PeerFinished => None,
@@ -334,7 +374,7 @@ pub(crate) async fn listener_task(
                 let mut next = Some(first);
                 let mut taken = 0;
                 while let Some(cmd) = next.take() {
-                    handle_cmd(&mut ep, &mut conns, &mut unreported, cmd, now);
+                    handle_cmd(&mut ep, &mut conns, &mut unreported, &mut resumed, cmd, now);
                     taken += 1;
                     if taken < CMD_BATCH {
                         next = cmd_rx.try_recv().ok();
@@ -359,6 +399,7 @@ fn handle_cmd(
     ep: &mut QuicEndpoint,
     conns: &mut HashMap<QuicConnId, Accepted>,
     unreported: &mut BTreeSet<QuicConnId>,
+    resumed: &mut Vec<QuicConnId>,
     cmd: Cmd,
     now: Instant,
 ) {
@@ -384,44 +425,88 @@ fn handle_cmd(
             }
             ep.close(now, qid, mqtt_quic::CODE_NO_ERROR, "");
         }
+        Cmd::ReadGate(qid) => {
+            if let Some(a) = conns.get_mut(&qid) {
+                let paused = a.queue.is_read_paused();
+                set_ep_paused(ep, a, qid, paused, now);
+                if !paused {
+                    resumed.push(qid);
+                }
+            }
+        }
     }
 }
 
+/// Pause or resume reading the connection's stream in the endpoint
+/// (resuming reports what quinn held as `Data` at once).
+fn set_ep_paused(
+    ep: &mut QuicEndpoint,
+    a: &mut Accepted,
+    qid: QuicConnId,
+    paused: bool,
+    now: Instant,
+) {
+    if a.ep_paused != paused {
+        a.ep_paused = paused;
+        ep.set_read_paused(now, qid, paused);
+        debug!(conn = %a.conn, paused, "QUIC connection read gate");
+    }
+}
+
+/// Send the core the inputs `a` holds, one at a time, while the core lets
+/// it read (`ending`: regardless, the connection is over). False when the
+/// core task is gone.
+async fn deliver(a: &mut Accepted, to_core: &Sender<Input>, ending: bool) -> bool {
+    if a.core_done {
+        a.held.clear();
+        return true;
+    }
+    while ending || !a.queue.is_read_paused() {
+        let Some(input) = a.held.pop_front() else {
+            break;
+        };
+        if to_core.send(input).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Split the connection's buffered stream bytes into inputs for the core
-/// (as conn.rs does for TCP: batches of packets, then a malformed frame).
-fn frame(a: &mut Accepted) -> Vec<Input> {
-    let mut inputs = Vec::new();
+/// (as conn.rs does for TCP: batches of packets, then a malformed frame),
+/// appended to what it holds.
+fn frame(a: &mut Accepted) {
+    let inputs = &mut a.held;
     let mut packets: Vec<Packet> = Vec::new();
     loop {
         match a.framer.next(&mut a.buf) {
             Next::Packet(p) => {
                 packets.push(*p);
                 if packets.len() >= MAX_PACKETS_PER_INPUT {
-                    inputs.push(packets_input(a.conn, std::mem::take(&mut packets)));
+                    inputs.push_back(packets_input(a.conn, std::mem::take(&mut packets)));
                 }
             }
             Next::NeedMore(_) => break,
             Next::Malformed(bytes) => {
                 if !packets.is_empty() {
-                    inputs.push(packets_input(a.conn, std::mem::take(&mut packets)));
+                    inputs.push_back(packets_input(a.conn, std::mem::take(&mut packets)));
                 }
                 a.read_done = true;
-                inputs.push(Input::Malformed {
+                inputs.push_back(Input::Malformed {
                     conn: a.conn,
                     bytes,
                 });
-                return inputs;
+                return;
             }
         }
     }
     if !packets.is_empty() {
-        inputs.push(packets_input(a.conn, packets));
+        inputs.push_back(packets_input(a.conn, packets));
     }
     if a.buf.is_empty() {
         // Decoded packets share the old allocation; release ours.
         a.buf = BytesMut::new();
     }
-    inputs
 }
 
 fn packets_input(conn: ConnectionId, mut packets: Vec<Packet>) -> Input {
@@ -436,11 +521,25 @@ fn packets_input(conn: ConnectionId, mut packets: Vec<Packet>) -> Input {
     Input::Packets { conn, packets }
 }
 
-/// Move what the core queues for one QUIC connection to its endpoint task.
+/// Move what the core queues for one QUIC connection to its endpoint task,
+/// and tell it when the core pauses or resumes reading the connection.
 async fn forward(queue: Arc<WriteQueue>, qid: QuicConnId, cmd: Sender<Cmd>) {
     let mut out = VecDeque::new();
     loop {
-        match queue.take(&mut out).await {
+        // The gate first: a pause should not wait behind a write.
+        let taken = async {
+            queue.read_gate_changed().await;
+            None
+        }
+        .or(async { Some(queue.take(&mut out).await) })
+        .await;
+        let Some(taken) = taken else {
+            if cmd.send(Cmd::ReadGate(qid)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        match taken {
             None => {
                 for b in out.drain(..) {
                     if cmd.send(Cmd::Data(qid, b)).await.is_err() {

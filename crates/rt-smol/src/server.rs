@@ -747,10 +747,11 @@ impl CoreTask {
                     tx.close();
                 }
             }
-            // Flow control. QUIC connections ignore it (their stream is
-            // read by the listener task for every connection at once; not
-            // reading one stream would need per-stream read control in
-            // mqtt-quic): they keep today's bounded-queue policy.
+            // Flow control: the connection's read gate. A TCP read half
+            // checks it before every read; a QUIC connection's forwarding
+            // task tells its listener task, which stops reading that
+            // connection's stream in the endpoint (QUIC flow control then
+            // blocks the publisher) and holds back what it already read.
             Event::PauseReading { conn } => {
                 if let Some(tx) = self.conns.get(conn) {
                     tx.set_read_paused(true);

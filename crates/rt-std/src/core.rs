@@ -147,12 +147,12 @@ impl Writer {
         }
     }
 
-    /// Flow control: stop or resume the reader. QUIC connections ignore it
-    /// (one receiver thread reads every connection's datagrams; they keep
-    /// the plain bounded-queue policy).
+    /// Flow control: stop or resume the reader (TCP: its gate; QUIC: the
+    /// listener stops reading the connection's stream).
     fn set_read_paused(&self, paused: bool) {
-        if let Writer::Tcp(_, _, gate) = self {
-            gate.set_paused(paused);
+        match self {
+            Writer::Tcp(_, _, gate) => gate.set_paused(paused),
+            Writer::Quic(q) => q.set_read_paused(paused),
         }
     }
 
@@ -343,6 +343,8 @@ impl Core {
             .into_iter()
             .chain(self.hosts.poll_timeout())
             .chain(self.flush_deadlines.front().map(|(at, _)| *at))
+            // Drop counts held back by the one-line-per-second rule.
+            .chain(self.drops.next_deadline(self.node.broker().metrics()))
             .min()
     }
 

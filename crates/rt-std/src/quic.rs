@@ -19,12 +19,20 @@
 //! connection of the core: its stream is framed with the same
 //! [`Framer`] as TCP and reaches the core as the same inputs; `Written` is
 //! reported once quinn took the bytes (flow control), so the core's
-//! congestion accounting holds for QUIC too. A bridge link reports
+//! congestion accounting holds for QUIC too. The core's flow control
+//! (`PauseReading` / `ResumeReading`) reaches the listener through the
+//! connection's [`QuicSink`]: a shared flag, checked before every input the
+//! listener sends the core (what it already read when the pause came waits
+//! here, decoded), and a command to the driver, which stops or resumes
+//! reading the connection's stream in the endpoint (while stopped, quinn
+//! extends no receive window, so QUIC flow control blocks the publisher).
+//! Only a connection that ends while paused hands what waited to the core
+//! at once, before `Closed`. A bridge link reports
 //! `BridgeUp`/`BridgeFailed`/`BridgeRead`/`BridgeDown` as the TCP link does;
 //! its socket is `connect`ed, so an ICMP "port unreachable" comes back as a
 //! refusal at once and a hybrid `["quic", "tcp"]` list falls back quickly.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -126,6 +134,8 @@ pub(crate) enum Cmd {
     Close(QuicConnId),
     /// The core forgot the connection: close now.
     Forget(QuicConnId),
+    /// The core paused or resumed reading it: look at its read gate.
+    ReadGate(QuicConnId),
     /// The endpoint's deadline moved earlier: look again.
     Wake,
     /// Refuse new connections; end once all are gone or after `timeout`.
@@ -140,9 +150,18 @@ pub(crate) struct QuicSink {
     qid: QuicConnId,
     cmd: Sender<Cmd>,
     ended: bool,
+    /// The read gate (flow control), shared with the listener.
+    paused: Arc<AtomicBool>,
 }
 
 impl QuicSink {
+    /// Flow control: stop (`true`) or resume (`false`) reading the
+    /// connection's stream.
+    pub(crate) fn set_read_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+        let _ = self.cmd.send(Cmd::ReadGate(self.qid));
+    }
+
     /// False when the listener is gone (its `Closed` is on the way).
     pub(crate) fn send(&self, data: Bytes) -> bool {
         self.cmd.send(Cmd::Data(self.qid, data)).is_ok()
@@ -175,6 +194,12 @@ struct Accepted {
     reported: usize,
     /// The core closed or forgot it: it wants no more inputs.
     core_done: bool,
+    /// The read gate the core sets through its [`QuicSink`].
+    paused: Arc<AtomicBool>,
+    /// Inputs framed but not sent: the core paused reading.
+    held: VecDeque<Input>,
+    /// What the endpoint was told (`set_read_paused`).
+    ep_paused: bool,
 }
 
 struct ListenerState {
@@ -184,6 +209,8 @@ struct ListenerState {
     stopping: bool,
     /// The deadline the driver sleeps until.
     driver_wakes_at: Option<Instant>,
+    /// Connections the core let read again: send what they hold.
+    resumed: Vec<QuicConnId>,
 }
 
 /// What both threads of a listener need.
@@ -231,6 +258,7 @@ pub(crate) fn start_listener(
             unreported: BTreeSet::new(),
             stopping: false,
             driver_wakes_at: None,
+            resumed: Vec::new(),
         }),
         to_core,
         next_id,
@@ -361,7 +389,47 @@ fn listener_cmd(s: &mut ListenerState, cmd: Cmd, now: Instant) {
             }
             s.ep.close(now, qid, mqtt_quic::CODE_NO_ERROR, "");
         }
+        Cmd::ReadGate(qid) => {
+            if let Some(a) = s.conns.get_mut(&qid) {
+                let paused = a.paused.load(Ordering::Acquire);
+                set_ep_paused(&mut s.ep, a, qid, paused, now);
+                if !paused {
+                    s.resumed.push(qid);
+                }
+            }
+        }
         Cmd::Wake | Cmd::Stop { .. } => {}
+    }
+}
+
+/// Pause or resume reading the connection's stream in the endpoint
+/// (resuming reports what quinn held as `Data` at once).
+fn set_ep_paused(
+    ep: &mut QuicEndpoint,
+    a: &mut Accepted,
+    qid: QuicConnId,
+    paused: bool,
+    now: Instant,
+) {
+    if a.ep_paused != paused {
+        a.ep_paused = paused;
+        ep.set_read_paused(now, qid, paused);
+        debug!(conn = %a.conn, paused, "QUIC connection read gate");
+    }
+}
+
+/// Send the core the inputs `a` holds, one at a time, while the core lets
+/// it read (`ending`: regardless, the connection is over).
+fn deliver(ctx: &ListenerCtx, a: &mut Accepted, ending: bool) {
+    if a.core_done {
+        a.held.clear();
+        return;
+    }
+    while ending || !a.paused.load(Ordering::Acquire) {
+        let Some(input) = a.held.pop_front() else {
+            break;
+        };
+        let _ = ctx.to_core.send(input);
     }
 }
 
@@ -371,6 +439,12 @@ fn listener_cmd(s: &mut ListenerState, cmd: Cmd, now: Instant) {
 fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
     loop {
         let mut moved = false;
+        for qid in std::mem::take(&mut s.resumed) {
+            if let Some(a) = s.conns.get_mut(&qid) {
+                moved = true;
+                deliver(ctx, a, false);
+            }
+        }
         while let Some(d) = s.ep.poll_transmit(now) {
             moved = true;
             let _ = send_datagram(&ctx.socket, &d, false);
@@ -384,6 +458,7 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
                         continue;
                     }
                     let conn = ConnectionId(ctx.next_id.fetch_add(1, Ordering::Relaxed));
+                    let paused = Arc::new(AtomicBool::new(false));
                     s.conns.insert(
                         qid,
                         Accepted {
@@ -394,6 +469,9 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
                             handed: 0,
                             reported: 0,
                             core_done: false,
+                            paused: paused.clone(),
+                            held: VecDeque::new(),
+                            ep_paused: false,
                         },
                     );
                     debug!(listener = %ctx.name, %conn, %remote, "QUIC connection accepted");
@@ -401,6 +479,7 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
                         qid,
                         cmd: ctx.cmd.clone(),
                         ended: false,
+                        paused,
                     });
                     let info = ConnectionInfo {
                         peer: Some(remote),
@@ -417,13 +496,19 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
                         continue;
                     }
                     a.buf.extend_from_slice(&bytes);
-                    for input in frame(a) {
-                        let _ = ctx.to_core.send(input);
+                    frame(a);
+                    deliver(ctx, a, false);
+                    // Paused (maybe while blocked on the core above): stop
+                    // reading now, before the driver's command.
+                    if a.paused.load(Ordering::Acquire) {
+                        set_ep_paused(&mut s.ep, a, qid, true, now);
                     }
                 }
                 QuicEvent::Closed { conn: qid, reason } => {
                     s.unreported.remove(&qid);
-                    if let Some(a) = s.conns.remove(&qid) {
+                    if let Some(mut a) = s.conns.remove(&qid) {
+                        // What a pause held back comes before the end.
+                        deliver(ctx, &mut a, true);
                         if !a.core_done {
                             let error = match reason {
                                 QuicCloseReason::PeerFinished => None,
@@ -469,23 +554,23 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
 }
 
 /// The connection's buffered stream bytes as inputs for the core (as the
-/// TCP reader does): packets, then at most one malformed frame.
-fn frame(a: &mut Accepted) -> Vec<Input> {
-    let mut inputs = Vec::new();
+/// TCP reader does): packets, then at most one malformed frame; appended
+/// to what it holds.
+fn frame(a: &mut Accepted) {
     loop {
         match a.framer.next(&mut a.buf) {
-            Next::Packet(packet) => inputs.push(Input::Packet {
+            Next::Packet(packet) => a.held.push_back(Input::Packet {
                 conn: a.conn,
                 packet,
             }),
             Next::NeedMore(_) => break,
             Next::Malformed(bytes) => {
                 a.read_done = true;
-                inputs.push(Input::Malformed {
+                a.held.push_back(Input::Malformed {
                     conn: a.conn,
                     bytes,
                 });
-                return inputs;
+                return;
             }
         }
     }
@@ -493,7 +578,6 @@ fn frame(a: &mut Accepted) -> Vec<Input> {
         // Decoded packets share the old allocation; release ours.
         a.buf = BytesMut::new();
     }
-    inputs
 }
 
 // ----- bridge links -----------------------------------------------------------
