@@ -164,7 +164,7 @@ impl Sansmq {
             .arg("--port")
             .arg("0")
             .arg("--log-level")
-            .arg("info,rt_smol=debug,rt_std=debug");
+            .arg("info,rt_smol=debug,rt_std=debug,rt_common=debug");
         if let Some(toml) = config_toml {
             cmd.arg("--config").arg(dir.file("sansmq.toml", toml));
         }

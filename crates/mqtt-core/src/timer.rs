@@ -63,16 +63,17 @@ impl core::fmt::Display for TimerKind {
 
 /// One deadline per key, ordered by deadline then key (so ties are
 /// deterministic: the same inputs expire in the same order on every run).
+/// A [`TimerSet`] plus the index that keeps each key's deadline.
 #[derive(Debug, Clone)]
 pub struct TimerQueue<K> {
-    by_deadline: BTreeSet<(Instant, K)>,
+    set: TimerSet<K>,
     by_key: HashMap<K, Instant>,
 }
 
 impl<K> Default for TimerQueue<K> {
     fn default() -> Self {
         Self {
-            by_deadline: BTreeSet::new(),
+            set: TimerSet::default(),
             by_key: HashMap::new(),
         }
     }
@@ -85,20 +86,18 @@ impl<K: Ord + Hash + Clone> TimerQueue<K> {
 
     /// Arm `key` at `deadline`, replacing its previous deadline if any.
     pub fn set(&mut self, key: K, deadline: Instant) {
-        if let Some(old) = self.by_key.insert(key.clone(), deadline) {
-            if old == deadline {
-                return;
-            }
-            self.by_deadline.remove(&(old, key.clone()));
+        let mut slot = self.by_key.get(&key).copied();
+        if slot == Some(deadline) {
+            return;
         }
-        self.by_deadline.insert((deadline, key));
+        self.set.set(&mut slot, key.clone(), deadline);
+        self.by_key.insert(key, deadline);
     }
 
     /// Disarm `key`; returns the deadline it had.
     pub fn cancel(&mut self, key: &K) -> Option<Instant> {
-        let old = self.by_key.remove(key)?;
-        self.by_deadline.remove(&(old, key.clone()));
-        Some(old)
+        let mut slot = self.by_key.remove(key);
+        self.set.cancel(&mut slot, key.clone())
     }
 
     /// The deadline of `key`, if armed.
@@ -108,22 +107,18 @@ impl<K: Ord + Hash + Clone> TimerQueue<K> {
 
     /// The earliest deadline and its key.
     pub fn next(&self) -> Option<(Instant, &K)> {
-        self.by_deadline.first().map(|(t, k)| (*t, k))
+        self.set.next()
     }
 
     /// The earliest deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.by_deadline.first().map(|(t, _)| *t)
+        self.set.next_deadline()
     }
 
     /// Remove and return the earliest timer whose deadline is `<= now`.
     /// Call it in a loop: each expired timer comes out exactly once.
     pub fn pop_expired(&mut self, now: Instant) -> Option<(Instant, K)> {
-        let (deadline, _) = self.by_deadline.first()?;
-        if *deadline > now {
-            return None;
-        }
-        let (deadline, key) = self.by_deadline.pop_first()?;
+        let (deadline, key) = self.set.pop_expired(now)?;
         self.by_key.remove(&key);
         Some((deadline, key))
     }

@@ -57,7 +57,7 @@ fn a_stalled_subscriber_loses_no_qos1_message(rt: Runtime) {
     let config = format!(
         "[broker]\nmax_queued_messages = {MAX_QUEUED}\nflow_control_overshoot = {overshoot}\n"
     );
-    let broker = Sansmq::start_on(rt, bin(), Some(&config), &[]);
+    let mut broker = Sansmq::start_on(rt, bin(), Some(&config), &[]);
     let v = ProtocolVersion::V3_1_1;
 
     let (mut sub, _) = RawClient::connect(broker.addr, v, "slow", 0, None);
@@ -90,9 +90,9 @@ fn a_stalled_subscriber_loses_no_qos1_message(rt: Runtime) {
     });
 
     // Stall: the session queue fills past max_queued_messages while the
-    // subscriber reads nothing (no timing is asserted; this only makes the
-    // backlog likely).
-    thread::sleep(Duration::from_secs(2));
+    // subscriber reads nothing, until the broker pauses the publisher (an
+    // event in its log, not a delay).
+    broker.expect_log(&["flow control: pausing reads"], WAIT);
 
     // Read again: every message, once, in order.
     for want in 1..=messages {
@@ -110,13 +110,16 @@ fn a_stalled_subscriber_loses_no_qos1_message(rt: Runtime) {
     }
     pub_thread.join().expect("publisher thread");
 
-    // Drop counts are logged at most once a second: let one go by.
-    thread::sleep(Duration::from_millis(1500));
+    // No queue_full drop: the first drop of a cause is logged at once, and
+    // everything the broker logged comes before "broker stopped".
+    broker.signal("TERM");
+    broker.expect_log(&["broker stopped"], WAIT);
     let log = broker.log();
     assert!(
         !log.lines()
             .any(|l| l.contains("messages dropped") && l.contains("queue_full")),
         "queue_full drops in the broker log:\n{log}"
     );
+    let _ = broker.wait_exit(WAIT);
 }
 runtime_matrix!(a_stalled_subscriber_loses_no_qos1_message);
