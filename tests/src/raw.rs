@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use mqtt_core::codec::{
     decode, encode, ByteString, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion,
-    Publish, QoS, SubAck, Subscribe, SubscriptionOptions, Will,
+    PubResponse, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, Will,
 };
 
 /// Why [`RawClient::recv`] returned no packet.
@@ -146,6 +146,25 @@ impl RawClient {
             if let Packet::Publish(p) = self.recv(left)? {
                 return Ok(p);
             }
+        }
+    }
+
+    /// Receive QoS 1 PUBLISHes whose payloads are "1", "2", ... `count`,
+    /// each once, in order, never marked DUP, acknowledging each; panics
+    /// with the first one that is missing, late, out of order or repeated.
+    pub fn expect_numbered_qos1(&mut self, count: u32, timeout: Duration) {
+        for want in 1..=count {
+            let p = self
+                .recv_publish(timeout)
+                .unwrap_or_else(|e| panic!("waiting for message {want}: {e:?}"));
+            assert_eq!(
+                p.payload,
+                Bytes::from(want.to_string()),
+                "message {want} out of order or duplicated"
+            );
+            assert!(!p.dup, "no resend without a reconnect");
+            let id = p.packet_id.expect("QoS 1 has a packet id");
+            self.send(&Packet::PubAck(PubResponse::new(id)));
         }
     }
 

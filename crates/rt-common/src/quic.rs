@@ -11,8 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt_core::bridge::TransportFailure;
-use mqtt_quic::{ClientIdentity, QuicCloseReason, QuicEndpoint, QuicSettings, ServerTrust};
-use tracing::warn;
+use mqtt_core::broker::ConnectionId;
+use mqtt_quic::{
+    ClientIdentity, QuicCloseReason, QuicConnId, QuicEndpoint, QuicSettings, ServerTrust,
+};
+use tracing::{debug, warn};
 
 use crate::config::{BridgeSection, ListenerConfig};
 
@@ -209,6 +212,25 @@ pub fn warn_insecure(b: &BridgeSection) {
             "INSECURE: insecure_skip_verify = true: the remote's certificate is NOT verified; \
              anyone on the path can impersonate it. Use cacertfile outside tests."
         );
+    }
+}
+
+/// Pause or resume reading an accepted connection's stream (publisher flow
+/// control), if that changes anything: `ep_paused` is the runtime's record
+/// of what the endpoint was last told. Resuming reports what quinn held as
+/// `Data` at once.
+pub fn set_read_paused(
+    ep: &mut QuicEndpoint,
+    ep_paused: &mut bool,
+    qid: QuicConnId,
+    conn: ConnectionId,
+    paused: bool,
+    now: std::time::Instant,
+) {
+    if *ep_paused != paused {
+        *ep_paused = paused;
+        ep.set_read_paused(now, qid, paused);
+        debug!(%conn, paused, "QUIC connection read gate");
     }
 }
 

@@ -267,7 +267,14 @@ pub(crate) async fn listener_task(
                         // Paused (maybe while this task waited on the core):
                         // stop reading now, before the command comes.
                         if a.queue.is_read_paused() {
-                            set_ep_paused(&mut ep, a, qid, true, now);
+                            rt_common::quic::set_read_paused(
+                                &mut ep,
+                                &mut a.ep_paused,
+                                qid,
+                                a.conn,
+                                true,
+                                now,
+                            );
                         }
                     }
                     QuicEvent::Closed { conn: qid, reason } => {
@@ -428,28 +435,12 @@ fn handle_cmd(
         Cmd::ReadGate(qid) => {
             if let Some(a) = conns.get_mut(&qid) {
                 let paused = a.queue.is_read_paused();
-                set_ep_paused(ep, a, qid, paused, now);
+                rt_common::quic::set_read_paused(ep, &mut a.ep_paused, qid, a.conn, paused, now);
                 if !paused {
                     resumed.push(qid);
                 }
             }
         }
-    }
-}
-
-/// Pause or resume reading the connection's stream in the endpoint
-/// (resuming reports what quinn held as `Data` at once).
-fn set_ep_paused(
-    ep: &mut QuicEndpoint,
-    a: &mut Accepted,
-    qid: QuicConnId,
-    paused: bool,
-    now: Instant,
-) {
-    if a.ep_paused != paused {
-        a.ep_paused = paused;
-        ep.set_read_paused(now, qid, paused);
-        debug!(conn = %a.conn, paused, "QUIC connection read gate");
     }
 }
 

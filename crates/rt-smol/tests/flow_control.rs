@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqtt_core::codec::{
-    encode, ByteString, Packet, PacketId, Properties, ProtocolVersion, PubResponse, Publish, QoS,
+    encode, ByteString, Packet, PacketId, Properties, ProtocolVersion, Publish, QoS,
 };
 use sansmq_tests::process::{Runtime, Sansmq};
 use sansmq_tests::raw::RawClient;
@@ -95,19 +95,7 @@ fn a_stalled_subscriber_loses_no_qos1_message(rt: Runtime) {
     broker.expect_log(&["flow control: pausing reads"], WAIT);
 
     // Read again: every message, once, in order.
-    for want in 1..=messages {
-        let p = sub
-            .recv_publish(WAIT)
-            .unwrap_or_else(|e| panic!("waiting for message {want}: {e:?}"));
-        assert_eq!(
-            p.payload,
-            Bytes::from(want.to_string()),
-            "message {want} out of order or duplicated"
-        );
-        assert!(!p.dup, "no resend without a reconnect");
-        let id = p.packet_id.expect("QoS 1 has a packet id");
-        sub.send(&Packet::PubAck(PubResponse::new(id)));
-    }
+    sub.expect_numbered_qos1(u32::from(messages), WAIT);
     pub_thread.join().expect("publisher thread");
 
     // No queue_full drop: the first drop of a cause is logged at once, and

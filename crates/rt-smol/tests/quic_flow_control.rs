@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use bytes::Bytes;
-use mqtt_core::codec::{Packet, ProtocolVersion, PubResponse, QoS};
+use mqtt_core::codec::{ProtocolVersion, QoS};
 use sansmq_tests::process::{wait_timeout, Runtime, Sansmq, TempDir};
 use sansmq_tests::raw::RawClient;
 use sansmq_tests::runtime_matrix;
@@ -105,19 +104,7 @@ fn a_quic_publisher_into_a_stalled_subscriber_loses_no_qos1_message(rt: Runtime)
     broker.expect_log(&["QUIC connection read gate", "paused=true"], WAIT);
 
     // Read again: every message, once, in order.
-    for want in 1..=MESSAGES {
-        let p = sub
-            .recv_publish(WAIT)
-            .unwrap_or_else(|e| panic!("waiting for message {want}: {e:?}"));
-        assert_eq!(
-            p.payload,
-            Bytes::from(want.to_string()),
-            "message {want} out of order or duplicated"
-        );
-        assert!(!p.dup, "no resend without a reconnect");
-        let id = p.packet_id.expect("QoS 1 has a packet id");
-        sub.send(&Packet::PubAck(PubResponse::new(id)));
-    }
+    sub.expect_numbered_qos1(MESSAGES, WAIT);
     feeder.join().expect("stdin feeder");
     let status = wait_timeout(&mut publisher, WAIT).unwrap_or_else(|| {
         let _ = publisher.kill();

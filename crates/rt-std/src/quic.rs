@@ -392,29 +392,20 @@ fn listener_cmd(s: &mut ListenerState, cmd: Cmd, now: Instant) {
         Cmd::ReadGate(qid) => {
             if let Some(a) = s.conns.get_mut(&qid) {
                 let paused = a.paused.load(Ordering::Acquire);
-                set_ep_paused(&mut s.ep, a, qid, paused, now);
+                rt_common::quic::set_read_paused(
+                    &mut s.ep,
+                    &mut a.ep_paused,
+                    qid,
+                    a.conn,
+                    paused,
+                    now,
+                );
                 if !paused {
                     s.resumed.push(qid);
                 }
             }
         }
         Cmd::Wake | Cmd::Stop { .. } => {}
-    }
-}
-
-/// Pause or resume reading the connection's stream in the endpoint
-/// (resuming reports what quinn held as `Data` at once).
-fn set_ep_paused(
-    ep: &mut QuicEndpoint,
-    a: &mut Accepted,
-    qid: QuicConnId,
-    paused: bool,
-    now: Instant,
-) {
-    if a.ep_paused != paused {
-        a.ep_paused = paused;
-        ep.set_read_paused(now, qid, paused);
-        debug!(conn = %a.conn, paused, "QUIC connection read gate");
     }
 }
 
@@ -501,7 +492,14 @@ fn pump_listener(ctx: &ListenerCtx, s: &mut ListenerState, now: Instant) {
                     // Paused (maybe while blocked on the core above): stop
                     // reading now, before the driver's command.
                     if a.paused.load(Ordering::Acquire) {
-                        set_ep_paused(&mut s.ep, a, qid, true, now);
+                        rt_common::quic::set_read_paused(
+                            &mut s.ep,
+                            &mut a.ep_paused,
+                            qid,
+                            a.conn,
+                            true,
+                            now,
+                        );
                     }
                 }
                 QuicEvent::Closed { conn: qid, reason } => {
